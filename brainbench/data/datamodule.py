@@ -1,0 +1,135 @@
+"""Lightning data module: seeded case split, cached cases, segment datasets.
+
+Segments are cut on the fly from the memory-mapped cache; nothing is materialised on disk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from brainbench.challenges.base import Case, ChallengeAdapter
+from brainbench.data.cache import PreprocessedCache, PreprocessedCase
+from brainbench.data.sampling import ForegroundBackgroundSampler
+from brainbench.errors import BrainbenchConfigError
+from brainbench.inference.dense import extract_label_block, extract_training_pair
+
+
+@dataclass(frozen=True)
+class CaseSplit:
+    """Case ids of each subset; a seed and fractions fix it (never shuffled by training seeds)."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+    @classmethod
+    def from_fractions(cls, case_ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> CaseSplit:
+        """Shuffle ``case_ids`` with ``seed`` and cut off at least one val and one test case."""
+        if len(case_ids) < 3:
+            raise BrainbenchConfigError(f"need at least 3 cases for a train/val/test split, found {len(case_ids)}")
+        order = np.random.default_rng(seed).permutation(sorted(case_ids))
+        n_test = max(1, math.floor(test_fraction * len(order) + 0.5))
+        n_val = max(1, math.floor(val_fraction * len(order) + 0.5))
+        if n_test + n_val >= len(order):
+            raise BrainbenchConfigError(
+                f"split fractions val={val_fraction} test={test_fraction} leave no training case of {len(order)}"
+            )
+        ids = [str(i) for i in order]
+        return cls(train=tuple(sorted(ids[n_test + n_val :])), val=tuple(sorted(ids[n_test : n_test + n_val])),
+                   test=tuple(sorted(ids[:n_test])))
+
+
+class SegmentDataset(Dataset):
+    """``length`` training segments per epoch; segment ``i`` of epoch ``e`` depends only on (seed, e, i).
+
+    Each item is ``(normal (C,S,S,S), subsampled (C,L,L,L), target (O,O,O) int64)``. With probability
+    ``flip_x_probability`` the three are mirrored along x (DeepMedic's only augmentation).
+    """
+
+    def __init__(self, cases: list[PreprocessedCase], sampler: ForegroundBackgroundSampler, segment_size: int,
+                 output_size: int, length: int, seed: int, flip_x_probability: float = 0.0):
+        self.cases, self.sampler = cases, sampler
+        self.segment_size, self.output_size = segment_size, output_size
+        self.length, self.seed, self.flip_x_probability = length, seed, flip_x_probability
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        case = self.cases[int(rng.integers(len(self.cases)))]
+        centre = self.sampler.centre(case, rng)
+        normal, subsampled = extract_training_pair(case.image, centre, self.segment_size)
+        target = extract_label_block(case.label, centre, self.output_size)
+        if rng.random() < self.flip_x_probability:
+            normal, subsampled, target = (np.flip(a, axis=-3) for a in (normal, subsampled, target))
+        return (torch.from_numpy(np.ascontiguousarray(normal, dtype=np.float32)),
+                torch.from_numpy(np.ascontiguousarray(subsampled, dtype=np.float32)),
+                torch.from_numpy(np.ascontiguousarray(target, dtype=np.int64)))
+
+
+class BrainSegmentationDataModule(pl.LightningDataModule):
+    """Discovers a challenge folder, splits it by case and serves cached segments.
+
+    Args:
+        adapter: the edition's adapter (finds and validates cases).
+        cache: preprocessed-case cache.
+        root: the challenge data folder as released.
+        segment_size: training segment edge in voxels (DeepMedic: 25).
+        output_size: voxels predicted per segment edge (set from the model, DeepMedic: 9).
+        batch_size: segments per optimisation step (DeepMedic: 10).
+        segments_per_epoch / val_segments: segments drawn per training / validation epoch.
+        val_fraction / test_fraction / split_seed: the case split.
+        seed: the run seed (segment sampling).
+        flip_x_probability: augmentation by x-mirroring.
+    """
+
+    def __init__(self, adapter: ChallengeAdapter, cache: PreprocessedCache, root: str | Path,
+                 sampler: ForegroundBackgroundSampler, segment_size: int = 25, output_size: int = 9,
+                 batch_size: int = 10, segments_per_epoch: int = 1000, val_segments: int = 200,
+                 val_fraction: float = 0.2, test_fraction: float = 0.2, split_seed: int = 0, seed: int = 0,
+                 flip_x_probability: float = 0.5, num_workers: int = 0):
+        super().__init__()
+        self.adapter, self.cache, self.root, self.sampler = adapter, cache, Path(root), sampler
+        self.segment_size, self.output_size, self.batch_size = segment_size, output_size, batch_size
+        self.segments_per_epoch, self.val_segments = segments_per_epoch, val_segments
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.seed, self.flip_x_probability, self.num_workers = seed, flip_x_probability, num_workers
+        self.cases: dict[str, Case] = {}
+        self.preprocessed: dict[str, PreprocessedCase] = {}
+        self.split: CaseSplit | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.split is not None:
+            return
+        self.cases = {case.case_id: case for case in self.adapter.discover(self.root)}
+        self.split = CaseSplit.from_fractions(list(self.cases), self.val_fraction, self.test_fraction, self.split_seed)
+        self.preprocessed = {cid: self.cache.load(case, self.adapter) for cid, case in self.cases.items()}
+        self.train_set = self._segments(self.split.train, self.segments_per_epoch, self.seed, self.flip_x_probability)
+        self.val_set = self._segments(self.split.val, self.val_segments, self.seed + 10_000, 0.0)
+
+    def _segments(self, ids, length, seed, flip) -> SegmentDataset:
+        return SegmentDataset([self.preprocessed[i] for i in ids], self.sampler, self.segment_size,
+                              self.output_size, length, seed, flip)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw fresh training segments each epoch (validation segments stay fixed)."""
+        self.train_set.epoch = epoch
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+    def test_cases(self) -> list[tuple[Case, PreprocessedCase]]:
+        assert self.split is not None, "call setup() first"
+        return [(self.cases[i], self.preprocessed[i]) for i in self.split.test]

@@ -1,0 +1,126 @@
+"""One training run from a composed Hydra config: data → fit → predict files → evaluate → MLflow.
+
+Evaluation runs on the written prediction files with the same code as ``brainbench evaluate``,
+so a run's numbers are exactly what an organiser would compute from its submission.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import MLFlowLogger
+
+from brainbench.challenges.base import ChallengeAdapter
+from brainbench.data.cache import PreprocessedCache
+from brainbench.data.datamodule import BrainSegmentationDataModule
+from brainbench.data.io import load_label, save_volume
+from brainbench.data.synth.brats import synthesize_brats
+from brainbench.evaluation.evaluate import evaluate_folders, write_metrics_csv
+from brainbench.evaluation.leaderboard import leaderboard_table, print_leaderboard, summary_metrics, to_markdown
+from brainbench.evaluation.plots import overlay_png
+from brainbench.evaluation.protocols import PROTOCOLS
+from brainbench.inference.dense import predict_volume
+from brainbench.tracking.mlflow import ensure_experiment, flatten, git_commit, runs_frame
+from brainbench.training.task import SegmentationTask
+
+log = logging.getLogger(__name__)
+
+
+def prepare_data_root(data_cfg: DictConfig) -> Path:
+    """The data folder; synthesised first when the config asks for synthetic data and it is absent."""
+    root = Path(data_cfg.root)
+    if data_cfg.get("synth"):
+        synthesize_brats(root, **data_cfg.synth)
+    return root
+
+
+def train(cfg: DictConfig) -> float:
+    """Run ``cfg`` end to end; return the mean WT Dice on the test cases (the sweep objective)."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+    adapter: ChallengeAdapter = instantiate(cfg.challenge.adapter)
+    edition = adapter.edition
+    root = prepare_data_root(cfg.data)
+
+    cache = PreprocessedCache(cfg.data.cache_dir, instantiate(cfg.preprocess))
+    net = instantiate(cfg.model.net, in_channels=len(edition.modalities), n_classes=edition.n_classes)
+    segment = int(cfg.sampler.segment_size)
+    datamodule: BrainSegmentationDataModule = instantiate(
+        cfg.data.datamodule, adapter=adapter, cache=cache, root=root, sampler=instantiate(cfg.sampler.centres),
+        segment_size=segment, output_size=net.output_size((segment,) * 3)[0], seed=cfg.seed,
+    )
+    task = SegmentationTask(net, optimizer=instantiate(cfg.model.optimizer),
+                            scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
+                            l1=cfg.model.l1, l2=cfg.model.l2, foreground_classes=range(1, edition.n_classes))
+
+    tags = {"challenge": edition.challenge, "edition": edition.name, "model": cfg.model.name,
+            "seed": str(cfg.seed), "data_source": cfg.data.source, "git_commit": git_commit()}
+    ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name)
+    logger = MLFlowLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=cfg.logger.tracking_uri,
+                          run_name=cfg.run_name, tags=tags, log_model=False)
+    logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, logger=logger, default_root_dir=str(output_dir),
+        callbacks=[ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0)],
+    )
+    client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+    try:
+        trainer.fit(task, datamodule=datamodule)
+        summary = _evaluate_and_log(cfg, task.net, datamodule, adapter, root, output_dir, client, logger.run_id)
+    except BaseException:
+        client.set_terminated(logger.run_id, "FAILED")
+        raise
+    return summary.get("test/WT/dice/mean", float("nan"))
+
+
+def _evaluate_and_log(cfg, net, datamodule, adapter, root, output_dir, client, run_id) -> dict[str, float]:
+    edition = adapter.edition
+    pred_dir = output_dir / "predictions"
+    test_cases = datamodule.test_cases()
+    net.eval()
+    started = time.perf_counter()
+    for case, pre in test_cases:
+        probabilities = predict_volume(net, pre.image, tile_output=cfg.model.inference_tile)
+        labels = edition.decode_labels(probabilities.argmax(0))
+        save_volume(labels, pre.grid, pred_dir / adapter.prediction_name(case.case_id), dtype=np.uint8)
+    inference_seconds = (time.perf_counter() - started) / max(1, len(test_cases))
+
+    evaluation = evaluate_folders(pred_dir, root, edition.regions, PROTOCOLS[edition.protocol],
+                                  allowed_labels=set(edition.label_values),
+                                  case_ids=[case.case_id for case, _ in test_cases])
+    for problem in evaluation.problems:
+        log.warning(problem)
+    metrics_csv = write_metrics_csv(evaluation.metrics, output_dir / "metrics.csv")
+    summary = summary_metrics(evaluation.metrics)
+    summary["test/inference_seconds_per_case"] = inference_seconds
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in summary.items()])
+
+    config_yaml = output_dir / "config.yaml"
+    config_yaml.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    case, pre = test_cases[0]
+    reference, _ = load_label(case.label)
+    prediction, _ = load_label(pred_dir / adapter.prediction_name(case.case_id))
+    overlay = overlay_png(np.asarray(pre.image[0]), np.isin(reference, edition.regions["WT"]),
+                          np.isin(prediction, edition.regions["WT"]), output_dir / f"overlay_{case.case_id}.png",
+                          title=f"{cfg.run_name} — {case.case_id} ({cfg.data.source} data), whole tumour")
+
+    table = leaderboard_table(runs_frame(cfg.logger.tracking_uri, cfg.logger.experiment_name), list(edition.regions))
+    title = f"Leaderboard — experiment {cfg.logger.experiment_name} ({edition.name}, {edition.protocol} protocol)"
+    leaderboard_md = output_dir / "leaderboard.md"
+    leaderboard_md.write_text(to_markdown(table, title))
+    for artifact in (config_yaml, metrics_csv, leaderboard_md, overlay):
+        client.log_artifact(run_id, str(artifact))
+    print_leaderboard(table, title)
+    return summary
+

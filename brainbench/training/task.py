@@ -1,0 +1,81 @@
+"""LightningModule wrapping a two-input segmentation network (DeepMedic family).
+
+Loss: voxel-wise cross-entropy over every predicted voxel of a segment plus explicit L1/L2
+penalties on convolution weights (spec §3.5). Metrics are logged once per epoch only: each MLflow
+write on SQLite costs milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SegmentationTask(pl.LightningModule):
+    """Trains ``net`` on ``(normal, subsampled, target)`` batches.
+
+    Args:
+        net: module mapping ``(normal, subsampled)`` to logits ``(N, K, O, O, O)``.
+        optimizer: partial ``params → Optimizer`` (Hydra ``_partial_: true``).
+        scheduler: optional partial ``optimizer → LR scheduler`` stepped once per epoch.
+        l1 / l2: weight penalties on conv weights (spec: 1e-6 / 1e-4).
+        foreground_classes: class indices counted as "whole tumour" for the per-epoch Dice.
+    """
+
+    def __init__(self, net: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
+                 l1: float = 1e-6, l2: float = 1e-4, foreground_classes: Sequence[int] = (1, 2, 3)):
+        super().__init__()
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.l1, self.l2 = l1, l2
+        self.foreground_classes = tuple(foreground_classes)
+        self._conv_weights = [m.weight for m in net.modules() if isinstance(m, nn.Conv3d)]
+
+    def forward(self, normal: torch.Tensor, subsampled: torch.Tensor) -> torch.Tensor:
+        return self.net(normal, subsampled)
+
+    def _penalty(self) -> torch.Tensor:
+        l1 = sum(w.abs().sum() for w in self._conv_weights)
+        l2 = sum(w.pow(2).sum() for w in self._conv_weights)
+        return self.l1 * l1 + self.l2 * l2
+
+    def training_step(self, batch, batch_idx):
+        normal, subsampled, target = batch
+        cross_entropy = F.cross_entropy(self(normal, subsampled), target)
+        loss = cross_entropy + self._penalty()
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(target))
+        self.log("train/cross_entropy", cross_entropy, on_step=False, on_epoch=True, batch_size=len(target))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_counts = torch.zeros(3)
+
+    def validation_step(self, batch, batch_idx):
+        normal, subsampled, target = batch
+        logits = self(normal, subsampled)
+        self.log("val/cross_entropy", F.cross_entropy(logits, target), on_step=False, on_epoch=True,
+                 batch_size=len(target))
+        classes = torch.tensor(self.foreground_classes, device=target.device)
+        pred = torch.isin(logits.argmax(1), classes)
+        ref = torch.isin(target, classes)
+        self._val_counts += torch.stack([(pred & ref).sum(), pred.sum(), ref.sum()]).float().cpu()
+
+    def on_validation_epoch_end(self) -> None:
+        overlap, n_pred, n_ref = self._val_counts.tolist()
+        self.log("val/wt_dice_segments", 2 * overlap / (n_pred + n_ref) if n_pred + n_ref else 1.0)
+
+    def on_train_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                         "interval": "epoch"}}
