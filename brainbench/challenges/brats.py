@@ -33,7 +33,7 @@ def _legacy_edition(year: int) -> Edition:
         modalities=MODALITIES,
         label_values=(0, 1, 2, 4),
         regions=LEGACY_REGIONS,
-        protocol="brats_legacy",
+        protocol="brats-legacy-2017-2021",
         source="challenges.md §2.2, §2.4, §2.5 (CBICA/Synapse releases; nnU-Net converters)",
     )
 

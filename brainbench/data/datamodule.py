@@ -18,7 +18,7 @@ from brainbench.challenges.base import Case, ChallengeAdapter
 from brainbench.data.cache import PreprocessedCache, PreprocessedCase
 from brainbench.data.sampling import ForegroundBackgroundSampler
 from brainbench.errors import BrainbenchConfigError
-from brainbench.inference.dense import extract_label_block, extract_training_pair
+from brainbench.models.deepmedic import extract_label_block, extract_training_pair
 
 
 @dataclass(frozen=True)

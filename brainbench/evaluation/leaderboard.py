@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from brainbench.evaluation.protocols import METRIC_UNITS
+
 STATISTICS = {
     "mean": np.mean,
     "std": np.std,
@@ -19,6 +21,9 @@ STATISTICS = {
     "q25": lambda v: np.percentile(v, 25),
     "q75": lambda v: np.percentile(v, 75),
 }
+
+
+CELL_LEGEND = "Cells: mean±std (median; 25th–75th percentile) over test cases; Dice unitless, HD95 in mm."
 
 
 def summary_metrics(metrics: pd.DataFrame, prefix: str = "test") -> dict[str, float]:
@@ -37,7 +42,7 @@ def summary_metrics(metrics: pd.DataFrame, prefix: str = "test") -> dict[str, fl
 
 def leaderboard_table(runs: pd.DataFrame, regions: Sequence[str], metrics: Sequence[str] = ("dice", "hd95"),
                       prefix: str = "test") -> pd.DataFrame:
-    """One row per run: for each region × metric, ``mean ± std`` and ``median [q25, q75]``.
+    """One row per run: for each region × metric, ``mean±std (median; q25–q75)``.
 
     ``runs`` is :func:`brainbench.tracking.mlflow.runs_frame` output; runs lacking the summary
     metrics (e.g. interrupted before evaluation) are left out.
@@ -58,9 +63,10 @@ def leaderboard_table(runs: pd.DataFrame, regions: Sequence[str], metrics: Seque
             for metric in metrics:
                 key = f"metrics.{prefix}/{region}/{metric}"
                 stats = {s: run.get(f"{key}/{s}", np.nan) for s in STATISTICS}
+                digits = 3 if METRIC_UNITS.get(metric, "1") == "1" else 1  # fractions vs mm
                 row[f"{region} {metric}"] = (
-                    f"{stats['mean']:.3f} ± {stats['std']:.3f} | "
-                    f"{stats['median']:.3f} [{stats['q25']:.3f}, {stats['q75']:.3f}]"
+                    f"{stats['mean']:.{digits}f}±{stats['std']:.{digits}f} "
+                    f"({stats['median']:.{digits}f}; {stats['q25']:.{digits}f}–{stats['q75']:.{digits}f})"
                 )
         rows.append(row)
     return pd.DataFrame(rows)
@@ -78,7 +84,7 @@ def data_source_note(table: pd.DataFrame) -> str:
 def to_markdown(table: pd.DataFrame, title: str) -> str:
     """GitHub Markdown with a title, the data-source note and the cell legend."""
     lines = [f"# {title}", "", data_source_note(table), "",
-             "Cells: mean ± std | median [25th, 75th percentile] over test cases; Dice unitless, HD95 in mm.", ""]
+             CELL_LEGEND, ""]
     if table.empty:
         return "\n".join([*lines, "(no finished runs with test metrics)", ""])
     header = list(table.columns)
@@ -96,8 +102,8 @@ def print_leaderboard(table: pd.DataFrame, title: str) -> None:
     console = Console(width=max(160, Console().width))
     rich_table = Table(title=title, caption=data_source_note(table), show_lines=False)
     for column in table.columns:
-        rich_table.add_column(column, overflow="fold")
+        rich_table.add_column(column, overflow="fold", no_wrap=column == "run")
     for _, row in table.iterrows():
         rich_table.add_row(*(str(row[c]) for c in table.columns))
     console.print(rich_table)
-    console.print("Cells: mean ± std | median [25th, 75th percentile] over test cases; Dice unitless, HD95 in mm.")
+    console.print(CELL_LEGEND)

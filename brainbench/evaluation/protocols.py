@@ -70,3 +70,6 @@ BRATS_LEGACY = Protocol(
 Sensitivity follows TP/(TP+FN+eps) of the BraTS 2023 legacy scorer: 1 when both are empty, 0 when only
 the reference is. Specificity is TN/(TN+FP) over the whole 240×240×155 volume.
 """
+
+PROTOCOLS: dict[str, Protocol] = {protocol.name: protocol for protocol in (BRATS_LEGACY,)}
+"""Protocols by name; each challenge edition names its protocol (``Edition.protocol``)."""

@@ -5,10 +5,12 @@ edge count as boundary). Each boundary voxel of A gets the Euclidean distance, i
 boundary voxel of B and vice versa; the two sets are pooled and a percentile taken with numpy's
 linear interpolation, exactly as ``medpy.metric.binary.hd95``/``hd`` with ``connectivity=1``.
 
-Speed: both masks are cropped to the bounding box of their union plus a 1-voxel margin first. This
-leaves every distance unchanged: all boundary voxels of both masks lie inside the box, so the nearest
-boundary voxel of B to any boundary voxel of A is inside it too; and the margin keeps the erosion from
-treating the crop edge as background unless it is the array edge, which medpy treats the same way.
+Speed: both masks are cropped to the bounding box of their union plus a 1-voxel margin first (on a
+BraTS case the box is a few percent of the volume). Every distance stays exactly as medpy's: all
+boundary voxels of both masks lie inside the box, so the nearest boundary voxel of B to any boundary
+voxel of A is inside it too; and the erosion sees the same neighbourhoods, because the margin voxels
+are background, as the voxels beyond them are. The margin makes this hold whatever value erosion assumes
+beyond the array; only masks touching the real array edge reach it, exactly as in medpy.
 """
 
 from __future__ import annotations

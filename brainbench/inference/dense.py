@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -61,8 +62,30 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
+@contextmanager
+def _inference_state(model: DeepMedic) -> Iterator[None]:
+    """Inference mode, eval mode and channels-last 3D weights, then the caller's state again.
+
+    Channels-last 3D weights took about 25 % less CPU time per voxel than contiguous ones (torch
+    2.13, one thread, 27³ and 45³ output tiles). The weights are converted outside inference mode,
+    so that they remain usable for training afterwards.
+    """
+    was_training = model.training
+    was_contiguous = model.normal_pathway[0].conv.weight.is_contiguous()
+    with torch.inference_mode(False):
+        model.eval().to(memory_format=torch.channels_last_3d)
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+        if was_contiguous:
+            with torch.inference_mode(False):
+                model.to(memory_format=torch.contiguous_format)
+
+
 def _run(model: DeepMedic, normal: Tensor, subsampled: Tensor, device: torch.device) -> Tensor:
-    """Class probabilities on the CPU for one batch, with the model temporarily in eval mode."""
+    """Class probabilities of one batch, returned on the CPU."""
     normal = normal.to(device).contiguous(memory_format=torch.channels_last_3d)
     subsampled = subsampled.to(device).contiguous(memory_format=torch.channels_last_3d)
     return torch.softmax(model(normal, subsampled), dim=1).float().cpu()
@@ -72,24 +95,21 @@ def _device(model: DeepMedic, device) -> torch.device:
     return torch.device(device) if device is not None else next(model.parameters()).device
 
 
-@torch.inference_mode()
 def predict_volume(model: DeepMedic, image: np.ndarray | Tensor, tile_output: int | Sequence[int] = 45,
                    batch_size: int = 1, device=None) -> np.ndarray:
     """Class probabilities of a whole volume by tiles; float32 (n_classes, X, Y, Z).
 
     image: (C, X, Y, Z) float32, z-scored with background 0. ``tile_output`` is the largest output
     block per axis (a multiple of the subsampling factor; input segments are 16 voxels larger);
-    ``batch_size`` tiles go through the model at once. The model runs in eval mode and its training
-    flag is restored afterwards.
+    ``batch_size`` tiles go through the model at once. The model runs in eval mode with
+    channels-last weights; its training flag and memory format are restored afterwards.
     """
     volume = _as_volume(image, model)
     shape = tuple(volume.shape[1:])
     tile, corners = tile_grid(shape, tile_output, model.subsample_factor)
     device = _device(model, device)
     probs = torch.empty((model.n_classes, *shape), dtype=torch.float32)
-    was_training = model.training
-    model.eval()
-    try:
+    with _inference_state(model):
         for batch in _batches(corners, max(1, batch_size)):
             pairs = [extract_segment_pair(volume, corner, tile, model.subsample_factor)
                      for corner in batch]
@@ -98,12 +118,9 @@ def predict_volume(model: DeepMedic, image: np.ndarray | Tensor, tile_output: in
             for block, (x, y, z) in zip(out, batch):
                 dx, dy, dz = (min(t, e - c) for t, e, c in zip(tile, shape, (x, y, z)))
                 probs[:, x:x + dx, y:y + dy, z:z + dz] = block[:, :dx, :dy, :dz]
-    finally:
-        model.train(was_training)
     return probs.numpy()
 
 
-@torch.inference_mode()
 def predict_volume_whole(model: DeepMedic, image: np.ndarray | Tensor, device=None) -> np.ndarray:
     """The same probabilities as :func:`predict_volume` from a single forward pass.
 
@@ -116,10 +133,6 @@ def predict_volume_whole(model: DeepMedic, image: np.ndarray | Tensor, device=No
     f = model.subsample_factor
     normal, subsampled = extract_segment_pair(volume, (0, 0, 0), [f * math.ceil(e / f) for e in shape],
                                               f)
-    was_training = model.training
-    model.eval()
-    try:
+    with _inference_state(model):
         out = _run(model, normal[None], subsampled[None], _device(model, device))[0]
-    finally:
-        model.train(was_training)
     return out[:, :shape[0], :shape[1], :shape[2]].contiguous().numpy()

@@ -55,10 +55,12 @@ def train(cfg: DictConfig) -> float:
     cache = PreprocessedCache(cfg.data.cache_dir, instantiate(cfg.preprocess))
     net = instantiate(cfg.model.net, in_channels=len(edition.modalities), n_classes=edition.n_classes)
     segment = int(cfg.sampler.segment_size)
-    datamodule: BrainSegmentationDataModule = instantiate(
-        cfg.data.datamodule, adapter=adapter, cache=cache, root=root, sampler=instantiate(cfg.sampler.centres),
+    # objects are passed to the partial, not to instantiate: Hydra would turn dataclasses into configs
+    datamodule: BrainSegmentationDataModule = instantiate(cfg.data.datamodule, _partial_=True)(
+        adapter=adapter, cache=cache, root=root, sampler=instantiate(cfg.sampler.centres),
         segment_size=segment, output_size=net.output_size((segment,) * 3)[0], seed=cfg.seed,
     )
+    datamodule.setup()  # validate and cache every case before a run is opened in MLflow
     task = SegmentationTask(net, optimizer=instantiate(cfg.model.optimizer),
                             scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
                             l1=cfg.model.l1, l2=cfg.model.l2, foreground_classes=range(1, edition.n_classes))
@@ -95,9 +97,9 @@ def _evaluate_and_log(cfg, net, datamodule, adapter, root, output_dir, client, r
         save_volume(labels, pre.grid, pred_dir / adapter.prediction_name(case.case_id), dtype=np.uint8)
     inference_seconds = (time.perf_counter() - started) / max(1, len(test_cases))
 
+    test_references = {case.label.relative_to(root).as_posix(): case.case_id for case, _ in test_cases}
     evaluation = evaluate_folders(pred_dir, root, edition.regions, PROTOCOLS[edition.protocol],
-                                  allowed_labels=set(edition.label_values),
-                                  case_ids=[case.case_id for case, _ in test_cases])
+                                  allowed_labels=set(edition.label_values), ref_name=test_references.get)
     for problem in evaluation.problems:
         log.warning(problem)
     metrics_csv = write_metrics_csv(evaluation.metrics, output_dir / "metrics.csv")

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from brainbench.data.io import Grid
-from brainbench.errors import BrainbenchDataError
+from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -67,7 +67,7 @@ def template_tissues(spacing_mm: float = 2.0) -> TemplateAnatomy:
     """
     spacing_mm = float(spacing_mm)
     if not 0.5 <= spacing_mm <= 8.0:
-        raise BrainbenchDataError("template", f"spacing {spacing_mm} mm is outside 0.5–8 mm")
+        raise BrainbenchConfigError(f"template spacing must be within 0.5–8 mm, got {spacing_mm} mm")
     volumes, affine = _load_template()
     intracranial = ndimage.binary_fill_holes(volumes["t1"] > 0)
     lo, hi = _bounding_box(intracranial)
@@ -114,7 +114,9 @@ def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array([i.min() for i in idx], float), np.array([i.max() for i in idx], float)
 
 
-def _resample(volume: np.ndarray, origin_vox: np.ndarray, spacing_mm: float, shape: tuple[int, ...]) -> np.ndarray:
+def _resample(
+    volume: np.ndarray, origin_vox: np.ndarray, spacing_mm: float, shape: tuple[int, ...]
+) -> np.ndarray:
     """Sample the 1 mm ``volume`` at ``origin_vox + spacing_mm * index``, low-passed first when shrinking.
 
     The Gaussian pre-filter (FWHM sqrt(s² − 1) mm) keeps thin structures as partial volumes instead

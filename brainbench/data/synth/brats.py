@@ -15,6 +15,7 @@ any prefix of a run is reproduced exactly by a shorter or longer run with the sa
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,11 +64,13 @@ class SynthBratsConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_cases, bool) or not isinstance(self.n_cases, int) or not 1 <= self.n_cases <= 999:
-            raise BrainbenchConfigError(f"n_cases must be an integer in 1–999 (3-digit case ids), got {self.n_cases!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+        if not _is_integer(self.n_cases) or not 1 <= self.n_cases <= 999:
+            raise BrainbenchConfigError(
+                f"n_cases must be an integer in 1–999 (3-digit case ids), got {self.n_cases!r}"
+            )
+        if not _is_integer(self.seed) or self.seed < 0:
             raise BrainbenchConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if isinstance(self.spacing_mm, bool) or not isinstance(self.spacing_mm, (int, float)):
+        if isinstance(self.spacing_mm, bool) or not isinstance(self.spacing_mm, numbers.Real):
             raise BrainbenchConfigError(f"spacing_mm must be a number, got {self.spacing_mm!r}")
         if not 1.0 <= float(self.spacing_mm) <= 4.0:
             raise BrainbenchConfigError(f"spacing_mm must be within 1–4 mm, got {self.spacing_mm!r}")
@@ -111,23 +114,24 @@ def synthesize_brats(
     after a crash recognises the folder). Refuses, unless ``overwrite``, a root whose marker records a
     different seed or spacing, or that holds BraTS case folders but no marker (likely real data).
     """
-    config = SynthBratsConfig(n_cases=n_cases, spacing_mm=float(spacing_mm), seed=seed)
+    checked = SynthBratsConfig(n_cases=n_cases, spacing_mm=spacing_mm, seed=seed)
+    n_cases, spacing_mm, seed = int(checked.n_cases), float(checked.spacing_mm), int(checked.seed)
     root = Path(root)
     if not overwrite:
-        _check_root(root, config)
+        _check_root(root, seed, spacing_mm)
     metadata = {
         "generator": GENERATOR,
-        "seed": config.seed,
-        "spacing_mm": config.spacing_mm,
-        "n_cases": config.n_cases,
+        "seed": seed,
+        "spacing_mm": spacing_mm,
+        "n_cases": n_cases,
         "data_source": "synthetic",
     }
     write_atomic(root / METADATA_FILE, lambda tmp: tmp.write_text(json.dumps(metadata, indent=2) + "\n"))
     folders = []
-    for index in range(config.n_cases):
+    for index in range(n_cases):
         files = case_files(root, index)
         if overwrite or not all(path.is_file() for path in files.values()):
-            case = synthesize_case(config.seed, index, config.spacing_mm)
+            case = synthesize_case(seed, index, spacing_mm)
             for modality in MODALITIES:
                 save_volume(case.images[modality], case.grid, files[modality], dtype=np.float32)
             save_volume(case.seg, case.grid, files["seg"], dtype=np.uint8)
@@ -147,8 +151,12 @@ def synthesize_case(seed: int, index: int, spacing_mm: float = 2.0) -> SynthCase
     return SynthCase(images=images, seg=seg, gm=gm, wm=wm, csf=csf, brain_mask=brain_mask, grid=anatomy.grid)
 
 
-def _check_root(root: Path, config: SynthBratsConfig) -> None:
-    """Raise when writing ``config`` into ``root`` would mix it with other data."""
+def _is_integer(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_root(root: Path, seed: int, spacing_mm: float) -> None:
+    """Raise when writing cases of ``seed`` and ``spacing_mm`` to ``root`` would mix them with other data."""
     marker = root / METADATA_FILE
     if marker.is_file():
         try:
@@ -158,33 +166,35 @@ def _check_root(root: Path, config: SynthBratsConfig) -> None:
         if not isinstance(previous, dict):
             raise BrainbenchDataError(marker, "generator record is not a JSON object")
         recorded = (previous.get("generator"), previous.get("seed"), previous.get("spacing_mm"))
-        if recorded != (GENERATOR, config.seed, config.spacing_mm):
+        if recorded != (GENERATOR, seed, spacing_mm):
             raise BrainbenchDataError(
                 root,
                 f"holds synthetic cases with generator/seed/spacing {recorded}, not "
-                f"{(GENERATOR, config.seed, config.spacing_mm)}; use another folder or overwrite=True",
+                f"{(GENERATOR, seed, spacing_mm)}; use another folder or overwrite=True",
             )
     elif root.is_dir() and any(root.glob("BraTS20_Training_*")):
         raise BrainbenchDataError(
-            root, f"holds BraTS case folders but no {METADATA_FILE}; refusing to mix them with synthetic cases"
+            root, f"holds BraTS case folders but no {METADATA_FILE}; refusing to mix in synthetic cases"
         )
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], spacing_mm: float, scale_mm: float) -> np.ndarray:
+def _smooth_field(
+    rng: np.random.Generator, shape: tuple[int, ...], spacing_mm: float, scale_mm: float
+) -> np.ndarray:
     """Random field of unit standard deviation varying over about ``scale_mm`` (mm), shape ``shape``.
 
     Gaussian bumps on a lattice every ``scale_mm``, summed axis by axis (three small matrix products),
     which is far cheaper than filtering white noise at full resolution.
     """
-    coefficients = rng.standard_normal(tuple(int(np.ceil(n * spacing_mm / scale_mm)) + 3 for n in shape))
-    field = coefficients
+    lattice = tuple(int(np.ceil(n * spacing_mm / scale_mm)) + 3 for n in shape)
+    field = rng.standard_normal(lattice, dtype=np.float32)
     for axis, n in enumerate(shape):
-        knots = (np.arange(coefficients.shape[axis]) - 1.0) * scale_mm
-        positions = np.arange(n) * spacing_mm
+        knots = (np.arange(lattice[axis], dtype=np.float32) - 1.0) * scale_mm
+        positions = np.arange(n, dtype=np.float32) * spacing_mm
         basis = np.exp(-0.5 * ((positions[:, None] - knots[None, :]) / scale_mm) ** 2)
         field = np.moveaxis(np.tensordot(basis, field, axes=(1, axis)), 0, axis)
     field -= field.mean()
-    return (field / field.std()).astype(np.float32)
+    return field / field.std()
 
 
 def _warp_tissues(anatomy: TemplateAnatomy, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -220,13 +230,19 @@ def _ellipsoid_radius(offsets_mm: np.ndarray, rotation: np.ndarray, semi_axes_mm
 
 
 def _grow_tumour(
-    rng: np.random.Generator, gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, brain_mask: np.ndarray, grid: Grid
+    rng: np.random.Generator,
+    gm: np.ndarray,
+    wm: np.ndarray,
+    csf: np.ndarray,
+    brain_mask: np.ndarray,
+    grid: Grid,
 ) -> np.ndarray:
     """Label map (uint8, 0/1/2/4) of one tumour centred in deep supratentorial white matter.
 
     Core and oedema are ellipsoids whose radius is modulated by smooth noise (irregular, lobulated
-    borders); oedema spreads less into grey matter, not into CSF and never outside the brain. The
-    oedema threshold is set from the sorted radius values so the whole tumour hits a sampled volume.
+    borders); oedema spreads less into grey matter, not into CSF and never outside the brain.
+    Necrosis and oedema are the voxels of lowest (noisy) radius up to a sampled volume, so both are
+    never empty; oedema islands cut off from the core are then dropped.
     """
     spacing = grid.spacing[0]
     voxel_ml = grid.voxel_volume_mm3 / 1000.0
@@ -235,7 +251,7 @@ def _grow_tumour(
     aniso = rng.uniform(0.75, 1.3, size=3)
     aniso /= np.cbrt(aniso.prod())
     core_ratio = rng.uniform(0.55, 0.8)
-    necrosis_ratio = rng.uniform(0.55, 0.8)
+    necrosis_fraction = rng.uniform(0.15, 0.45)
 
     depth_mm = ndimage.distance_transform_edt(brain_mask, sampling=spacing)
     deep_wm = ndimage.gaussian_filter(wm, sigma=3.0 / spacing)
@@ -270,13 +286,13 @@ def _grow_tumour(
     )
     inside = brain_mask[box]
     core = (core_radius < 1.0) & inside
-    necrosis = (core_radius * np.exp(0.12 * rim) < necrosis_ratio) & ndimage.binary_erosion(core)
-    allowed = inside & (csf[box] < 0.5) & ~core
-    target = int(round(wt_ml / voxel_ml)) - int(core.sum())
-    values = oedema_radius[allowed]
-    threshold = np.partition(values, min(max(target, 1), values.size) - 1)[min(max(target, 1), values.size) - 1] if values.size else 0.0
-    oedema = allowed & (oedema_radius <= threshold)
+    necrosis_count = int(round(necrosis_fraction * core.sum()))
+    necrosis = _lowest(core_radius * np.exp(0.12 * rim), ndimage.binary_erosion(core), necrosis_count)
+    oedema_count = int(round(wt_ml / voxel_ml)) - int(core.sum())
+    oedema = _lowest(oedema_radius, inside & (csf[box] < 0.5) & ~core, oedema_count)
     oedema |= ndimage.binary_dilation(core) & inside & ~core
+    components, _ = ndimage.label(oedema | core)
+    oedema &= np.isin(components, np.unique(components[core]))
 
     seg = np.zeros(grid.shape, dtype=np.uint8)
     local = seg[box]
@@ -284,6 +300,15 @@ def _grow_tumour(
     local[core] = LABELS["enhancing"]
     local[necrosis] = LABELS["necrosis"]
     return seg
+
+
+def _lowest(values: np.ndarray, mask: np.ndarray, count: int) -> np.ndarray:
+    """Boolean mask of the (at least one, at most all) ``mask`` voxels with the lowest ``values``."""
+    candidates = values[mask]
+    if candidates.size == 0:
+        return mask.copy()
+    rank = min(max(count, 1), candidates.size) - 1
+    return mask & (values <= np.partition(candidates, rank)[rank])
 
 
 def _render(
@@ -299,7 +324,8 @@ def _render(
 
     Tumour compartments replace healthy tissue with a half-voxel partial-volume blur. Per case, each
     contrast gets its own overall gain, ±4 % jitter per class, a smooth bias field and Rician noise
-    (magnitude of complex Gaussian noise, 1.5–4 % of the brightest healthy tissue).
+    (magnitude of complex Gaussian noise, 1.5–4 % of the brightest healthy tissue); tumour signal
+    also varies by about ±8 % over a few mm, as real tumours are not uniform.
     """
     tumour = [
         ndimage.gaussian_filter((seg == LABELS[name]).astype(np.float32), sigma=0.5) for name in CLASSES[3:]
@@ -310,7 +336,9 @@ def _render(
     noise_fraction = rng.uniform(0.015, 0.04)
     images = {}
     for modality in MODALITIES:
-        means = np.array(CONTRASTS[modality]) * rng.uniform(0.7, 1.3) * rng.uniform(0.96, 1.04, size=len(CLASSES))
+        gain = rng.uniform(0.7, 1.3)
+        jitter = rng.uniform(0.96, 1.04, size=len(CLASSES))
+        means = (np.array(CONTRASTS[modality]) * gain * jitter).astype(np.float32)
         signal = sum(m * f for m, f in zip(means[:3], fractions[:3]))
         signal = signal + texture * sum(m * f for m, f in zip(means[3:], fractions[3:]))
         signal *= np.exp(BIAS_STD * _smooth_field(rng, seg.shape, spacing_mm, BIAS_SCALE_MM))

@@ -1,0 +1,109 @@
+"""The real CLI in a subprocess: synthetic data → DeepMedic → files → evaluation → MLflow → leaderboard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+TINY = [
+    "model.net.feature_maps=[4,4,4,4,4,4,6,6]",
+    "model.net.fc_feature_maps=[8,8]",
+    "sampler.segments_per_epoch=20",
+    "sampler.val_segments=10",
+    "sampler.batch_size=5",
+    "trainer.max_epochs=2",
+    "data.synth.n_cases=4",
+    "data.datamodule.val_fraction=0.25",
+    "data.datamodule.test_fraction=0.25",
+]
+
+
+def brainbench(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "brainbench.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="module")
+def trained(workdir) -> subprocess.CompletedProcess:
+    result = brainbench("train", *TINY, "seed=3", cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_train_prints_leaderboard_with_data_source(trained):
+    assert "Leaderboard" in trained.stdout
+    assert "SYNTHETIC" in trained.stdout
+    assert "deepmedic-brats2020-seed3" in trained.stdout
+
+
+def test_mlflow_store_holds_params_tags_metrics_artifacts(trained, workdir, tmp_path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("brats2020")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert {k: tags[k] for k in ("challenge", "edition", "model", "seed", "data_source")} == {
+        "challenge": "brats", "edition": "brats2020", "model": "deepmedic", "seed": "3", "data_source": "synthetic"}
+    assert "git_commit" in tags
+    params = run.data.params
+    assert params["model.net.feature_maps"] == "[4, 4, 4, 4, 4, 4, 6, 6]"
+    assert params["model.optimizer.momentum"] == "0.6"
+    metrics = run.data.metrics
+    for region in ("WT", "TC", "ET"):
+        for metric in ("dice", "hd95"):
+            for stat in ("mean", "median"):
+                assert f"test/{region}/{metric}/{stat}" in metrics
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == sorted({m.step for m in history}) and len(history) == 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics.csv", "leaderboard.md"} <= artifacts
+    assert any(p.startswith("overlay_") and p.endswith(".png") for p in artifacts)
+    local = Path(client.download_artifacts(run.info.run_id, "metrics.csv", str(tmp_path)))
+    frame = pd.read_csv(local)
+    assert list(frame.columns) == ["case", "region", "metric", "value"]
+    assert set(frame["metric"]) == {"dice", "hd95", "sensitivity", "specificity"}
+    assert frame["case"].nunique() == 1
+    assert metrics["test/WT/dice/mean"] == pytest.approx(frame.query("region=='WT' and metric=='dice'")["value"].mean())
+
+
+def test_predictions_are_written_on_reference_grid(trained, workdir):
+    import nibabel as nib
+
+    (pred,) = list((workdir / "runs").rglob("predictions/*.nii.gz"))
+    case_id = pred.name.removesuffix(".nii.gz")
+    ref = next((workdir / "datasets").rglob(f"{case_id}_seg.nii.gz"))
+    p, r = nib.load(pred), nib.load(ref)
+    assert p.shape == r.shape
+    assert (p.affine == r.affine).all()
+    assert set(pd.unique(p.get_fdata().ravel())) <= {0, 1, 2, 4}
+
+
+def test_leaderboard_command_reads_experiment(trained, workdir):
+    result = brainbench("leaderboard", "--experiment", "brats2020", "--out", "board.md", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "deepmedic-brats2020-seed3" in result.stdout
+    assert "SYNTHETIC" in (workdir / "board.md").read_text()
+
+
+@pytest.mark.slow
+def test_multirun_two_seeds_share_one_store(workdir):
+    store = workdir / "multi.db"
+    result = brainbench("train", "-m", "seed=1,2", *TINY, f"logger.tracking_uri=sqlite:///{store}",
+                        "logger.experiment_name=multi", cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    runs = client.search_runs([client.get_experiment_by_name("multi").experiment_id])
+    assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"]
+    assert all(r.info.status == "FINISHED" for r in runs)
