@@ -6,22 +6,22 @@ The configuration is the authors' ``examples/configFiles/deepMedicOriginal/model
 (deepmedic/deepmedic, branch ``dm_theano_v0.6.1_depr``), which their README says holds "the
 parameters used in our work in [1]". Spec: ``architectures.md`` §3.2, §3.3, §3.6, §3.8.
 
-Layer table (all convs valid, stride 1, no conv bias; sizes per axis for a 25³ training segment and a
-45³ inference segment; ``pre`` is what is applied to the layer's *input*, §3.2)::
+Layer table (all convs valid, stride 1, no conv bias). ``pre`` is what the layer applies to its
+*input* (§3.2); sizes are per axis for a 25³ training segment and a 45³ inference segment::
 
-    #     pathway  pre                 kernel maps  train            inference
-    in    normal   -                   -      C     25               45
-    N1    normal   input bias, linear  3³     30    23               43
-    N2-N8 normal   BN, PReLU           3³     30,40,40,40,40,50,50 -> 9   -> 29
-    in    sub (x3) -                   -      C     19 (57 voxels)   26
-    S1    sub      input bias, linear  3³     30    17               24
-    S2-S8 sub      BN, PReLU           3³     as N2-N8 -> 3        -> 10
-    U     sub      repeat x3, crop the trailing voxels to O        50    9                29
-    cat   -        concat(N8, U)       -      100   9                29
-    FC1   -        BN, PReLU, drop 0.0 1³     150   9                29
-    FC2   -        BN, PReLU, drop 0.5 1³     150   9                29
-    CL    -        BN, PReLU, drop 0.5 1³     n_cls 9                29
-    out   -        + class bias (softmax applied by the caller)     n_cls
+    #      pathway   pre                   kernel  maps                   train  inference
+    in     normal    -                     -       C                      25     45
+    N1     normal    input bias, linear    3³      30                     23     43
+    N2-N8  normal    BN, PReLU             3³      30,40,40,40,40,50,50   9      29
+    in     sub (x3)  -                     -       C                      19     26
+    S1     sub       input bias, linear    3³      30                     17     24
+    S2-S8  sub       BN, PReLU             3³      30,40,40,40,40,50,50   3      10
+    U      sub       repeat x3, keep the first O   50                     9      29
+    cat    -         concat(N8, U)         -       100                    9      29
+    FC1    -         BN, PReLU, drop 0.0   1³      150                    9      29
+    FC2    -         BN, PReLU, drop 0.5   1³      150                    9      29
+    CL     -         BN, PReLU, drop 0.5   1³      n_classes              9      29
+    out    -         + class bias (softmax is applied by the caller)
 
 Trainable parameters for C = 4, 5 classes: **663,163** (§3.8), laid out as
 
@@ -54,13 +54,17 @@ is predicted from
   times, covers output voxels ``b + f·j … b + f·j + f - 1``; the trailing voxels beyond O are cropped.
 
 This is the reference's relation (``getImagePartFromSubsampledImageForTraining`` starts the slice
-at ``segment_start + f//2 - 17`` with step f; ``upsample_5D_tens_and_crop`` keeps the first O).
+at ``segment_start + 1 - 17`` for f = 3, step f; ``upsample_5D_tens_and_crop`` keeps the first O).
+It puts each lattice voxel first in its coarse block rather than in its middle, so the coarse
+context sits on average one voxel before the voxel it serves (f = 3); kept for fidelity.
+
 The only freedom left is the lattice phase, i.e. which voxels share a coarse block; it is set by
 ``b mod f``. A training pair centred on ``c`` uses ``b = c - (O - 1)//2``, so its lattice moves with
-the sampled centre and the network learns every phase. Inference tiles start on multiples of f, so
-every tile samples the same global lattice (voxels ``≡ 0 mod f`` lead their coarse blocks) and the
-tiled result equals one pass over the whole volume. A training pair reproduces inference exactly
-when ``c - (O - 1)//2 ≡ 0 (mod f)``, e.g. ``c ≡ 1 (mod 3)`` per axis for 25³ segments.
+the sampled centre and training sees the image at every lattice alignment. Inference tiles start on
+multiples of f, so every tile samples the same global lattice (voxels ``≡ 0 mod f`` lead their
+coarse blocks) and the tiled result equals one pass over the whole volume. A training pair
+reproduces inference exactly when ``c - (O - 1)//2 ≡ 0 (mod f)``, e.g. ``c ≡ 1 (mod 3)`` per axis
+for 25³ segments; at other centres it equals inference on the volume shifted by 1 or 2 voxels.
 """
 
 from __future__ import annotations
@@ -87,8 +91,6 @@ __all__ = [
 CONV_LAYERS = 8
 """3³ valid convs per pathway: each removes one voxel per side, so the margin is 8 voxels."""
 
-_MARGIN = CONV_LAYERS
-
 
 def _per_axis(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
     values = (value,) * 3 if isinstance(value, (int, np.integer)) else tuple(value)
@@ -99,7 +101,7 @@ def _per_axis(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
 
 def normal_window(start: int, size: int) -> tuple[int, int]:
     """``[lo, hi)`` of the normal-pathway input predicting output voxels ``[start, start + size)``."""
-    return start - _MARGIN, start + size + _MARGIN
+    return start - CONV_LAYERS, start + size + CONV_LAYERS
 
 
 def subsampled_window(start: int, size: int, factor: int = 3) -> tuple[int, int]:
@@ -107,8 +109,8 @@ def subsampled_window(start: int, size: int, factor: int = 3) -> tuple[int, int]
 
     ``hi - lo = factor · (ceil(size / factor) + 16)``; see the module docstring for the relation.
     """
-    n = math.ceil(size / factor) + 2 * _MARGIN
-    lo = start - _MARGIN * factor
+    n = math.ceil(size / factor) + 2 * CONV_LAYERS
+    lo = start - CONV_LAYERS * factor
     return lo, lo + factor * n
 
 
@@ -164,10 +166,10 @@ def extract_training_pair(volume, center: Sequence[int], segment_size: int | Seq
     ``segment_size - 16`` block of :func:`extract_label_block` around ``center``.
     """
     segment = _per_axis(segment_size, "segment_size")
-    output = [s - 2 * _MARGIN for s in segment]
+    output = [s - 2 * CONV_LAYERS for s in segment]
     if min(output) < 1:
         raise BrainbenchConfigError(
-            f"segment_size: must be at least the receptive field {2 * _MARGIN + 1}, got {segment}")
+            f"segment_size: must be at least the receptive field {2 * CONV_LAYERS + 1}, got {segment}")
     return extract_segment_pair(volume, _block_start(_per_axis(center, "center"), output), output,
                                 factor)
 
@@ -181,8 +183,15 @@ def extract_label_block(label, center: Sequence[int], output_size: int | Sequenc
     """
     size = _per_axis(output_size, "output_size")
     lo = _block_start(_per_axis(center, "center"), size)
-    as_int64 = label.long() if isinstance(label, Tensor) else np.asarray(label, dtype=np.int64)
-    return _window(as_int64, lo, [b + o for b, o in zip(lo, size)], 1, fill)
+    hi = [b + o for b, o in zip(lo, size)]
+    if isinstance(label, Tensor):
+        return _window(label.long(), lo, hi, 1, fill)
+    array = np.asarray(label)
+    info = np.iinfo(array.dtype) if np.issubdtype(array.dtype, np.integer) else None
+    if info is None or not info.min <= fill <= info.max:
+        array = array.astype(np.int64)
+    # cut the block first and widen it after: the cached label is a memory-mapped int8 volume
+    return _window(array, lo, hi, 1, fill).astype(np.int64)
 
 
 class _InputBias(nn.Module):
