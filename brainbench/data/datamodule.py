@@ -6,6 +6,7 @@ Segments are cut on the fly from the memory-mapped cache; nothing is materialise
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from brainbench.challenges.base import Case, ChallengeAdapter
 from brainbench.data.cache import PreprocessedCache, PreprocessedCase
 from brainbench.data.sampling import ForegroundBackgroundSampler
 from brainbench.errors import BrainbenchConfigError
-from brainbench.models.deepmedic import extract_label_block, extract_training_pair
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,14 @@ class CaseSplit:
 class SegmentDataset(Dataset):
     """``length`` training segments per epoch; segment ``i`` of epoch ``e`` depends only on (seed, e, i).
 
-    Each item is ``(normal (C,S,S,S), subsampled (C,L,L,L), target (O,O,O) int64)``. With probability
-    ``flip_x_probability`` the three are mirrored along x (DeepMedic's only augmentation).
+    Each item is ``(inputs, target)``: the model's input tensors and its int64 target, cut by
+    ``extractor`` (see :mod:`brainbench.data.sampling`) around a centre drawn by ``sampler``.
     """
 
-    def __init__(self, cases: list[PreprocessedCase], sampler: ForegroundBackgroundSampler, segment_size: int,
-                 output_size: int, length: int, seed: int, flip_x_probability: float = 0.0):
-        self.cases, self.sampler = cases, sampler
-        self.segment_size, self.output_size = segment_size, output_size
-        self.length, self.seed, self.flip_x_probability = length, seed, flip_x_probability
+    def __init__(self, cases: list[PreprocessedCase], sampler: ForegroundBackgroundSampler, extractor: Callable,
+                 length: int, seed: int):
+        self.cases, self.sampler, self.extractor = cases, sampler, extractor
+        self.length, self.seed = length, seed
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -67,12 +66,8 @@ class SegmentDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         case = self.cases[int(rng.integers(len(self.cases)))]
         centre = self.sampler.centre(case, rng)
-        normal, subsampled = extract_training_pair(case.image, centre, self.segment_size)
-        target = extract_label_block(case.label, centre, self.output_size)
-        if rng.random() < self.flip_x_probability:
-            normal, subsampled, target = (np.flip(a, axis=-3) for a in (normal, subsampled, target))
-        return (torch.from_numpy(np.ascontiguousarray(normal, dtype=np.float32)),
-                torch.from_numpy(np.ascontiguousarray(subsampled, dtype=np.float32)),
+        inputs, target = self.extractor(case.image, case.label, centre, rng)
+        return (tuple(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in inputs),
                 torch.from_numpy(np.ascontiguousarray(target, dtype=np.int64)))
 
 
@@ -83,26 +78,25 @@ class BrainSegmentationDataModule(pl.LightningDataModule):
         adapter: the edition's adapter (finds and validates cases).
         cache: preprocessed-case cache.
         root: the challenge data folder as released.
-        segment_size: training segment edge in voxels (DeepMedic: 25).
-        output_size: voxels predicted per segment edge (set from the model, DeepMedic: 9).
+        sampler: draws segment centres.
+        extractor: cuts the model's inputs and target around a centre (``model.segments``);
+            validation segments are cut the same way (augmentation included).
         batch_size: segments per optimisation step (DeepMedic: 10).
         segments_per_epoch / val_segments: segments drawn per training / validation epoch.
         val_fraction / test_fraction / split_seed: the case split.
         seed: the run seed (segment sampling).
-        flip_x_probability: augmentation by x-mirroring.
     """
 
     def __init__(self, adapter: ChallengeAdapter, cache: PreprocessedCache, root: str | Path,
-                 sampler: ForegroundBackgroundSampler, segment_size: int = 25, output_size: int = 9,
-                 batch_size: int = 10, segments_per_epoch: int = 1000, val_segments: int = 200,
-                 val_fraction: float = 0.2, test_fraction: float = 0.2, split_seed: int = 0, seed: int = 0,
-                 flip_x_probability: float = 0.5, num_workers: int = 0):
+                 sampler: ForegroundBackgroundSampler, extractor: Callable, batch_size: int = 10,
+                 segments_per_epoch: int = 1000, val_segments: int = 200, val_fraction: float = 0.2,
+                 test_fraction: float = 0.2, split_seed: int = 0, seed: int = 0, num_workers: int = 0):
         super().__init__()
-        self.adapter, self.cache, self.root, self.sampler = adapter, cache, Path(root), sampler
-        self.segment_size, self.output_size, self.batch_size = segment_size, output_size, batch_size
+        self.adapter, self.cache, self.root = adapter, cache, Path(root)
+        self.sampler, self.extractor, self.batch_size = sampler, extractor, batch_size
         self.segments_per_epoch, self.val_segments = segments_per_epoch, val_segments
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
-        self.seed, self.flip_x_probability, self.num_workers = seed, flip_x_probability, num_workers
+        self.seed, self.num_workers = seed, num_workers
         self.cases: dict[str, Case] = {}
         self.preprocessed: dict[str, PreprocessedCase] = {}
         self.split: CaseSplit | None = None
@@ -113,12 +107,11 @@ class BrainSegmentationDataModule(pl.LightningDataModule):
         self.cases = {case.case_id: case for case in self.adapter.discover(self.root)}
         self.split = CaseSplit.from_fractions(list(self.cases), self.val_fraction, self.test_fraction, self.split_seed)
         self.preprocessed = {cid: self.cache.load(case, self.adapter) for cid, case in self.cases.items()}
-        self.train_set = self._segments(self.split.train, self.segments_per_epoch, self.seed, self.flip_x_probability)
-        self.val_set = self._segments(self.split.val, self.val_segments, self.seed + 10_000, 0.0)
+        self.train_set = self._segments(self.split.train, self.segments_per_epoch, self.seed)
+        self.val_set = self._segments(self.split.val, self.val_segments, self.seed + 10_000)
 
-    def _segments(self, ids, length, seed, flip) -> SegmentDataset:
-        return SegmentDataset([self.preprocessed[i] for i in ids], self.sampler, self.segment_size,
-                              self.output_size, length, seed, flip)
+    def _segments(self, ids, length, seed) -> SegmentDataset:
+        return SegmentDataset([self.preprocessed[i] for i in ids], self.sampler, self.extractor, length, seed)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw fresh training segments each epoch (validation segments stay fixed)."""

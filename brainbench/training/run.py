@@ -23,12 +23,10 @@ from brainbench.challenges.base import ChallengeAdapter
 from brainbench.data.cache import PreprocessedCache
 from brainbench.data.datamodule import BrainSegmentationDataModule
 from brainbench.data.io import load_label, save_volume
-from brainbench.data.synth.brats import synthesize_brats
 from brainbench.evaluation.evaluate import evaluate_folders, write_metrics_csv
 from brainbench.evaluation.leaderboard import leaderboard_table, print_leaderboard, summary_metrics, to_markdown
 from brainbench.evaluation.plots import overlay_png
 from brainbench.evaluation.protocols import PROTOCOLS
-from brainbench.inference.dense import predict_volume
 from brainbench.tracking.mlflow import ensure_experiment, flatten, git_commit, runs_frame
 from brainbench.training.task import SegmentationTask
 
@@ -39,7 +37,7 @@ def prepare_data_root(data_cfg: DictConfig) -> Path:
     """The data folder; synthesised first when the config asks for synthetic data and it is absent."""
     root = Path(data_cfg.root)
     if data_cfg.get("synth"):
-        synthesize_brats(root, **data_cfg.synth)
+        instantiate(data_cfg.synth, root=root)
     return root
 
 
@@ -54,11 +52,10 @@ def train(cfg: DictConfig) -> float:
 
     cache = PreprocessedCache(cfg.data.cache_dir, instantiate(cfg.preprocess))
     net = instantiate(cfg.model.net, in_channels=len(edition.modalities), n_classes=edition.n_classes)
-    segment = int(cfg.sampler.segment_size)
     # objects are passed to the partial, not to instantiate: Hydra would turn dataclasses into configs
     datamodule: BrainSegmentationDataModule = instantiate(cfg.data.datamodule, _partial_=True)(
         adapter=adapter, cache=cache, root=root, sampler=instantiate(cfg.sampler.centres),
-        segment_size=segment, output_size=net.output_size((segment,) * 3)[0], seed=cfg.seed,
+        extractor=instantiate(cfg.model.segments), seed=cfg.seed,
     )
     datamodule.setup()  # validate and cache every case before a run is opened in MLflow
     task = SegmentationTask(net, optimizer=instantiate(cfg.model.optimizer),
@@ -91,8 +88,9 @@ def _evaluate_and_log(cfg, net, datamodule, adapter, root, output_dir, client, r
     test_cases = datamodule.test_cases()
     net.eval()
     started = time.perf_counter()
+    predict = instantiate(cfg.model.inference)
     for case, pre in test_cases:
-        probabilities = predict_volume(net, pre.image, tile_output=cfg.model.inference_tile)
+        probabilities = predict(net, pre.image)
         labels = edition.decode_labels(probabilities.argmax(0))
         save_volume(labels, pre.grid, pred_dir / adapter.prediction_name(case.case_id), dtype=np.uint8)
     inference_seconds = (time.perf_counter() - started) / max(1, len(test_cases))

@@ -1,4 +1,4 @@
-"""LightningModule wrapping a two-input segmentation network (DeepMedic family).
+"""LightningModule for patch/segment-trained segmentation networks (DeepMedic, 2D patch CNNs).
 
 Loss: voxel-wise cross-entropy over every predicted voxel of a segment plus explicit L1/L2
 penalties on convolution weights (spec §3.5). Metrics are logged once per epoch only: each MLflow
@@ -16,10 +16,10 @@ from torch import nn
 
 
 class SegmentationTask(pl.LightningModule):
-    """Trains ``net`` on ``(normal, subsampled, target)`` batches.
+    """Trains ``net`` on ``(inputs, target)`` batches.
 
     Args:
-        net: module mapping ``(normal, subsampled)`` to logits ``(N, K, O, O, O)``.
+        net: module mapping ``*inputs`` to logits ``(N, K, ...)`` matching ``target`` ``(N, ...)``.
         optimizer: partial ``params → Optimizer`` (Hydra ``_partial_: true``).
         scheduler: optional partial ``optimizer → LR scheduler`` stepped once per epoch.
         l1 / l2: weight penalties on conv weights (spec: 1e-6 / 1e-4).
@@ -35,8 +35,8 @@ class SegmentationTask(pl.LightningModule):
         self.foreground_classes = tuple(foreground_classes)
         self._conv_weights = [m.weight for m in net.modules() if isinstance(m, nn.Conv3d)]
 
-    def forward(self, normal: torch.Tensor, subsampled: torch.Tensor) -> torch.Tensor:
-        return self.net(normal, subsampled)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(*inputs)
 
     def _penalty(self) -> torch.Tensor:
         l1 = sum(w.abs().sum() for w in self._conv_weights)
@@ -44,8 +44,8 @@ class SegmentationTask(pl.LightningModule):
         return self.l1 * l1 + self.l2 * l2
 
     def training_step(self, batch, batch_idx):
-        normal, subsampled, target = batch
-        cross_entropy = F.cross_entropy(self(normal, subsampled), target)
+        inputs, target = batch
+        cross_entropy = F.cross_entropy(self(*inputs), target)
         loss = cross_entropy + self._penalty()
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(target))
         self.log("train/cross_entropy", cross_entropy, on_step=False, on_epoch=True, batch_size=len(target))
@@ -55,8 +55,8 @@ class SegmentationTask(pl.LightningModule):
         self._val_counts = torch.zeros(3)
 
     def validation_step(self, batch, batch_idx):
-        normal, subsampled, target = batch
-        logits = self(normal, subsampled)
+        inputs, target = batch
+        logits = self(*inputs)
         self.log("val/cross_entropy", F.cross_entropy(logits, target), on_step=False, on_epoch=True,
                  batch_size=len(target))
         classes = torch.tensor(self.foreground_classes, device=target.device)
