@@ -44,6 +44,10 @@ class Edition:
         regions: evaluated region → label values it unites, e.g. ``{"WT": (1, 2, 4)}``.
         protocol: name of the evaluation protocol in :mod:`brainbench.evaluation.protocols`.
         source: where the layout and label conventions were verified.
+        reference_grid: channel whose voxel grid is the case's reference when channels come on
+            different grids (ISLES 2022 FLAIR, MRBrainS ``T1_1mm``); the pipeline resamples the
+            others onto it. ``None``: every channel and the label share one grid.
+        spacing_mm: nominal voxel spacing of the release, for documentation and synthetic data.
     """
 
     name: str
@@ -53,6 +57,8 @@ class Edition:
     regions: Mapping[str, tuple[int, ...]]
     protocol: str
     source: str
+    reference_grid: str | None = None
+    spacing_mm: tuple[float, float, float] | None = None
 
     @property
     def n_classes(self) -> int:
