@@ -107,3 +107,19 @@ def test_multirun_two_seeds_share_one_store(workdir):
     runs = client.search_runs([client.get_experiment_by_name("multi").experiment_id])
     assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+@pytest.mark.slow
+def test_same_config_gives_same_metrics(trained, workdir):
+    """Determinism: a second CPU run of the same config reproduces every test metric exactly."""
+    store = workdir / "repeat.db"
+    result = brainbench("train", *TINY, "seed=3", f"logger.tracking_uri=sqlite:///{store}", cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    first = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    second = MlflowClient(tracking_uri=f"sqlite:///{store}")
+
+    def test_metrics(client):
+        (run,) = client.search_runs([client.get_experiment_by_name("brats2020").experiment_id])
+        return {k: v for k, v in run.data.metrics.items() if k.startswith("test/") and "seconds" not in k}
+
+    assert test_metrics(first) == test_metrics(second)
