@@ -34,13 +34,21 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("train", help="train and evaluate (Hydra overrides follow, e.g. model=deepmedic seed=1)")
 
     data = commands.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
-    synth = data.add_parser("synth", help="write synthetic BraTS 2020-style cases in the official layout")
-    synth.add_argument("--out", type=Path, default=Path("datasets/synthetic/brats2020"), help="output folder")
+    synth = data.add_parser("synth", help="write synthetic look-alike cases in an edition's official layout")
+    synth.add_argument("--challenge", default="brats2020", help="edition to imitate (see `brainbench data list`)")
+    synth.add_argument("--out", type=Path, default=None, help="output folder (default datasets/synthetic/<edition>)")
     synth.add_argument("--cases", type=int, default=12, help="number of cases")
-    synth.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel spacing in mm (2 fast, 1 BraTS)")
+    synth.add_argument("--spacing", type=float, default=None,
+                       help="voxel spacing in mm (default: the edition's synthetic default, e.g. 2 for BraTS)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--overwrite", action="store_true", help="rewrite cases that already exist")
     synth.set_defaults(handler=_data_synth)
+    check = data.add_parser("check", help="list the cases of a release folder and every problem found, one line each")
+    check.add_argument("--challenge", required=True, help="edition, e.g. brats2020 (see `brainbench data list`)")
+    check.add_argument("--root", required=True, type=Path, help="the release folder as unpacked")
+    check.add_argument("--no-labels", action="store_true", help="a validation/test release without label maps")
+    check.set_defaults(handler=_data_check)
+    data.add_parser("list", help="every supported challenge edition").set_defaults(handler=_data_list)
 
     evaluate = commands.add_parser("evaluate", help="evaluate prediction files against references")
     evaluate.add_argument("--challenge", required=True, help="edition, e.g. brats2020")
@@ -48,12 +56,28 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ref", required=True, type=Path,
                           help="folder of references: <case_id>.nii.gz or the release layout <case>/<case>_seg.nii.gz")
     evaluate.add_argument("--out", type=Path, default=Path("metrics.csv"), help="long-format CSV case,region,metric,value")
+    evaluate.add_argument("--team", default=None, help="team name written as a leading 'team' column")
     evaluate.set_defaults(handler=_evaluate)
 
-    board = commands.add_parser("leaderboard", help="challenge-style table of the runs of an MLflow experiment")
-    board.add_argument("--experiment", required=True, help="MLflow experiment name (default per edition, e.g. brats2020)")
+    board = commands.add_parser("leaderboard", help="challenge-style ranked table of MLflow runs or submission folders")
+    source = board.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", help="MLflow experiment name (default per edition, e.g. brats2020)")
+    source.add_argument("--submissions", nargs="+", type=Path, help="submission folders (team = folder name)")
+    board.add_argument("--ref", type=Path, help="reference folder (with --submissions)")
+    board.add_argument("--challenge", help="edition whose protocol and ranking rule apply (with --submissions)")
     board.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlflow.db)")
-    board.add_argument("--out", type=Path, default=None, help="also write the table as Markdown here")
+    board.add_argument("--out", type=Path, default=None, help="also write the run summary table as Markdown here")
+    board.add_argument("--out-dir", type=Path, default=None,
+                       help="write leaderboard.{md,csv,html,tex}, metrics.csv and PNG figures here")
+    board.add_argument("--data-source", default="unknown",
+                       help="where the submissions' data come from (real, synthetic)")
+    board.add_argument("--ties", default="min", help="scipy rankdata tie method (default min, as nnU-Net)")
+    board.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for rank stability (0: none)")
+    board.add_argument("--bootstrap-unit", default="case", choices=("case", "case-region"),
+                       help="what the bootstrap resamples (case-region for one-case test sets)")
+    board.add_argument("--seed", type=int, default=0)
+    board.add_argument("--log-to-mlflow", action="store_true",
+                       help="log the files as artifacts of a new run tagged kind=leaderboard")
     board.set_defaults(handler=_leaderboard)
     return parser
 
@@ -78,11 +102,65 @@ def _train(overrides: list[str]) -> int:
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from brainbench.data.synth.brats import synthesize_brats
+    """Instantiate the edition's generator from its ``data/synthetic_<edition>`` config (one source of truth)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+    from hydra.utils import instantiate
 
-    folders = synthesize_brats(args.out, n_cases=args.cases, spacing_mm=args.spacing, seed=args.seed,
-                               overwrite=args.overwrite)
-    print(f"{len(folders)} synthetic BraTS 2020-style cases in {args.out}")
+    overrides = [f"challenge={args.challenge}", f"data.synth.n_cases={args.cases}", f"data.synth.seed={args.seed}"]
+    if args.spacing is not None:
+        overrides.append(f"data.synth.spacing_mm={args.spacing}")
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except MissingConfigException:
+        raise BrainbenchError(f"no synthetic generator for edition '{args.challenge}' (see `brainbench data list`)")
+    out = args.out or Path("datasets/synthetic") / args.challenge
+    folders = instantiate(cfg.data.synth, root=out, overwrite=args.overwrite)
+    print(f"{len(folders)} synthetic {args.challenge} cases in {out}")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    """Exit 0 when the release is clean, 2 when any problem was found."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from brainbench.challenges import adapter_for
+
+    checks, problems = adapter_for(args.challenge, require_labels=not args.no_labels).check(args.root)
+    table = Table(title=f"{args.challenge} cases in {args.root}")
+    for column in ("case", "channels", "shape (X×Y×Z)", "spacing (mm)", "label values", "problems"):
+        table.add_column(column)
+    for check in checks:
+        grid = check.grid
+        table.add_row(check.case.case_id, " ".join(check.case.images),
+                      "×".join(map(str, grid.shape)) if grid else "?",
+                      "×".join(f"{s:.3g}" for s in grid.spacing) if grid else "?",
+                      " ".join(map(str, check.label_values)) if check.label_values is not None else "-",
+                      str(len(check.problems)))
+        problems += check.problems
+    Console(width=160).print(table)
+    for problem in problems:
+        print(f"problem: {problem}")
+    print(f"{len(checks)} cases, {len(problems)} problems")
+    return 2 if problems else 0
+
+
+def _data_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from brainbench.challenges import EDITIONS
+
+    table = Table(title="Supported challenge editions")
+    for column in ("edition", "family", "modalities", "labels", "regions", "protocol"):
+        table.add_column(column)
+    for name, edition in sorted(EDITIONS.items()):
+        regions = "; ".join(f"{region}={'+'.join(map(str, values))}" for region, values in edition.regions.items())
+        table.add_row(name, edition.challenge, " ".join(edition.modalities), " ".join(map(str, edition.label_values)),
+                      regions, edition.protocol)
+    Console(width=200).print(table)
     return 0
 
 
@@ -95,6 +173,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     edition = adapter_for(args.challenge).edition
     result = evaluate_folders(args.pred, args.ref, edition.regions, PROTOCOLS[edition.protocol],
                               allowed_labels=set(edition.label_values))
+    if args.team:
+        result.metrics.insert(0, "team", args.team)
     for problem in result.problems:
         print(f"problem: {problem}", file=sys.stderr)
     write_metrics_csv(result.metrics, args.out)
@@ -107,12 +187,57 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from brainbench.challenges import EDITIONS
-    from brainbench.data.io import write_atomic
-    from brainbench.evaluation.leaderboard import leaderboard_table, print_leaderboard, to_markdown
-    from brainbench.tracking.mlflow import DEFAULT_TRACKING_URI, runs_frame
+    if args.log_to_mlflow and not args.out_dir:
+        raise BrainbenchError("leaderboard --log-to-mlflow needs --out-dir DIR for the files it logs")
+    board = _experiment_board(args, _tracking_uri(args)) if args.experiment else _submissions_board(args)
+    if board is not None:
+        print(f"{board.title}\n{board.table.drop(columns='data').to_string(index=False)}")
+        print("\n".join(board.notes))
+        if args.out_dir:
+            print(f"{len(board.files)} files → {args.out_dir}")
+    if args.log_to_mlflow and board is not None:
+        from brainbench.evaluation.leaderboard import log_leaderboard_run
 
-    uri = args.tracking_uri or DEFAULT_TRACKING_URI
+        experiment = args.experiment or args.challenge
+        run_id = log_leaderboard_run(_tracking_uri(args), experiment, board.files, {"edition": args.challenge or ""})
+        print(f"logged to MLflow run {run_id} (experiment {experiment}, kind=leaderboard)")
+    return 0
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    from brainbench.tracking.mlflow import DEFAULT_TRACKING_URI
+
+    return args.tracking_uri or DEFAULT_TRACKING_URI
+
+
+def _submissions_board(args: argparse.Namespace):
+    if args.ref is None or args.challenge is None:
+        raise BrainbenchError("leaderboard --submissions needs --ref DIR and --challenge EDITION")
+    from brainbench.challenges import adapter_for
+    from brainbench.evaluation.evaluate import evaluate_submissions
+    from brainbench.evaluation.leaderboard import rank_teams
+    from brainbench.evaluation.protocols import PROTOCOLS
+    from brainbench.evaluation.ranking import rule_for
+
+    edition = adapter_for(args.challenge).edition
+    result = evaluate_submissions(args.submissions, args.ref, edition.regions, PROTOCOLS[edition.protocol],
+                                  allowed_labels=set(edition.label_values))
+    for problem in result.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    title = f"Leaderboard — {edition.name} submissions ({edition.protocol} protocol)"
+    return rank_teams(result.metrics, rule_for(edition.name, edition.challenge), title, args.data_source,
+                      args.out_dir, args.ties, args.bootstrap, args.seed, args.bootstrap_unit)
+
+
+def _experiment_board(args: argparse.Namespace, uri: str):
+    """Print the run summary table; with --out-dir also rank the runs' per-case metrics.csv artifacts."""
+    from brainbench.challenges import EDITIONS, adapter_for
+    from brainbench.data.io import write_atomic
+    from brainbench.evaluation.leaderboard import (experiment_case_metrics, leaderboard_table, print_leaderboard,
+                                                   rank_teams, to_markdown)
+    from brainbench.evaluation.ranking import rule_for
+    from brainbench.tracking.mlflow import runs_frame
+
     runs = runs_frame(uri, args.experiment)
     if runs.empty:
         raise BrainbenchError(f"{uri}: no finished runs in experiment '{args.experiment}'")
@@ -123,7 +248,15 @@ def _leaderboard(args: argparse.Namespace) -> int:
     print_leaderboard(table, title)
     if args.out:
         write_atomic(args.out, lambda tmp: tmp.write_text(to_markdown(table, title)))
-    return 0
+    if not args.out_dir:
+        return None
+    edition = adapter_for(args.challenge or next((e for e in editions if e in EDITIONS), "brats2020")).edition
+    frame = experiment_case_metrics(uri, runs)
+    if frame.empty:
+        raise BrainbenchError(f"{uri}: no run of experiment '{args.experiment}' has a metrics.csv artifact")
+    sources = ", ".join(sorted(set(runs["tags.data_source"].dropna()))) if "tags.data_source" in runs else "unknown"
+    return rank_teams(frame, rule_for(edition.name, edition.challenge), f"{title} (ranked runs)", sources,
+                      args.out_dir, args.ties, args.bootstrap, args.seed, args.bootstrap_unit)
 
 
 if __name__ == "__main__":

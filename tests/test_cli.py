@@ -70,7 +70,7 @@ def test_evaluate_writes_long_csv_and_reports_bad_files(tmp_path):
 
 
 def test_data_synth_cli(tmp_path):
-    result = brainbench("data", "synth", "--out", "s", "--cases", "2", "--seed", "5", cwd=tmp_path)
+    result = brainbench("data", "synth", "--out", "s", "--cases", "2", "--seed", "5", "--spacing", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in (tmp_path / "s" / "BraTS20_Training_002").iterdir())
     assert names == [f"BraTS20_Training_002_{m}.nii.gz" for m in ("flair", "seg", "t1", "t1ce", "t2")]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from brainbench.data.io import Grid, load_label, read_grid
+from brainbench.data.io import NIFTI_SUFFIXES, Grid, load_label, load_volume, read_grid, strip_nifti_suffix
 from brainbench.errors import BrainbenchDataError
 
 
@@ -79,6 +79,20 @@ class Edition:
         return {name: np.isin(label, values) for name, values in self.regions.items()}
 
 
+@dataclass(frozen=True)
+class CaseCheck:
+    """What ``brainbench data check`` reports about one case.
+
+    ``grid`` is the reference channel's (``None`` if unreadable); ``label_values`` the values found in
+    the label map (``None`` without a readable label); ``problems`` one line each.
+    """
+
+    case: Case
+    grid: Grid | None
+    label_values: tuple[int, ...] | None
+    problems: tuple[str, ...]
+
+
 class ChallengeAdapter:
     """Finds and validates the cases of one edition in its official layout on disk."""
 
@@ -87,6 +101,62 @@ class ChallengeAdapter:
     def discover(self, root: str | Path) -> list[Case]:
         """Every case under ``root``, sorted by id; raises if the folder holds none."""
         raise NotImplementedError
+
+    def scan(self, root: str | Path) -> tuple[list[Case], list[str]]:
+        """The cases under ``root`` and one line per case that could not be assembled, never raising.
+
+        This default stops at :meth:`discover`'s first error; adapters whose layout has case folders
+        override it to go on with the other cases.
+        """
+        try:
+            return self.discover(root), []
+        except BrainbenchDataError as error:
+            return [], [str(error)]
+
+    def check(self, root: str | Path) -> tuple[list[CaseCheck], list[str]]:
+        """Every case found and every problem under ``root``: all of them, not just the first."""
+        cases, problems = self.scan(root)
+        return [self.check_case(case) for case in cases], problems
+
+    def check_case(self, case: Case) -> CaseCheck:
+        """Read every file of ``case`` and list its problems: unreadable, 4D or non-finite files, a
+        channel stored twice (``.nii`` and ``.nii.gz``), label values the edition does not know, an
+        empty label map where labels are required, grids that differ (when the edition names no
+        reference grid) or do not overlap (when it does)."""
+        problems: list[str] = []
+        grids: dict[Path, Grid] = {}
+        label_values = None
+        for path in case.files:
+            stem = strip_nifti_suffix(path.name)
+            for twin in (path.with_name(stem + suffix) for suffix in NIFTI_SUFFIXES):
+                if twin != path and twin.is_file():
+                    problems.append(f"{path}: the same file is also stored as {twin.name}; keep one")
+            try:
+                grids[path] = read_grid(path)
+                if path == case.label:
+                    labels, _ = load_label(path)
+                else:
+                    load_volume(path)
+            except BrainbenchDataError as error:
+                problems.append(str(error))
+                continue
+            if path == case.label:
+                label_values = tuple(int(v) for v in np.unique(labels))
+                unexpected = sorted(set(label_values) - set(self.edition.label_values))
+                if unexpected:
+                    problems.append(f"{path}: label values {unexpected} are not allowed "
+                                    f"(expected a subset of {list(self.edition.label_values)})")
+                if label_values == (0,) and getattr(self, "require_labels", True):
+                    problems.append(f"{path}: label map is empty (only background); a training case needs labels")
+        reference_name = self.edition.reference_grid or next(iter(case.images))
+        reference = case.images.get(reference_name)
+        if reference in grids:
+            for path, grid in grids.items():
+                if self.edition.reference_grid is None and not grid.matches(grids[reference]):
+                    problems.append(str(_grid_mismatch(path, grid, reference, grids[reference])))
+                elif not _overlap(grid, grids[reference]):
+                    problems.append(f"{path}: its field of view does not overlap {reference.name}; cannot resample")
+        return CaseCheck(case, grids.get(reference), label_values, tuple(problems))
 
     def prediction_name(self, case_id: str) -> str:
         """File name a submission uses for ``case_id``."""
@@ -104,15 +174,29 @@ class ChallengeAdapter:
             if reference is None:
                 reference = (path, grid)
             elif not grid.matches(reference[1]):
-                raise BrainbenchDataError(
-                    path,
-                    f"grid {grid.shape} / spacing {_fmt(grid.spacing)} does not match "
-                    f"{reference[0].name} ({reference[1].shape} / spacing {_fmt(reference[1].spacing)})",
-                )
+                raise _grid_mismatch(path, grid, *reference)
         if case.label is not None and check_label_values:
             load_label(case.label, allowed=set(self.edition.label_values))
         assert reference is not None
         return reference[1]
+
+
+def _grid_mismatch(path: Path, grid: Grid, reference: Path, reference_grid: Grid) -> BrainbenchDataError:
+    return BrainbenchDataError(
+        path,
+        f"grid {grid.shape} / spacing {_fmt(grid.spacing)} does not match "
+        f"{reference.name} ({reference_grid.shape} / spacing {_fmt(reference_grid.spacing)})",
+    )
+
+
+def _overlap(a: Grid, b: Grid) -> bool:
+    """True when the world-space bounding boxes (mm) of the two grids intersect."""
+    boxes = []
+    for grid in (a, b):
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in grid.shape], indexing="ij")).reshape(3, -1)
+        world = (grid.affine @ np.vstack([corners, np.ones(corners.shape[1])]))[:3]
+        boxes.append((world.min(axis=1), world.max(axis=1)))
+    return bool(np.all(boxes[0][0] <= boxes[1][1]) and np.all(boxes[1][0] <= boxes[0][1]))
 
 
 def _fmt(values: tuple[float, ...]) -> str:

@@ -6,7 +6,7 @@ Segments are cut on the fly from the memory-mapped cache; nothing is materialise
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,20 +30,29 @@ class CaseSplit:
     test: tuple[str, ...]
 
     @classmethod
-    def from_fractions(cls, case_ids: list[str], val_fraction: float, test_fraction: float, seed: int) -> CaseSplit:
-        """Shuffle ``case_ids`` with ``seed`` and cut off at least one val and one test case."""
-        if len(case_ids) < 3:
-            raise BrainbenchConfigError(f"need at least 3 cases for a train/val/test split, found {len(case_ids)}")
-        order = np.random.default_rng(seed).permutation(sorted(case_ids))
+    def from_fractions(cls, case_ids: list[str], val_fraction: float, test_fraction: float, seed: int,
+                       subjects: Mapping[str, str] | None = None) -> CaseSplit:
+        """Shuffle subjects with ``seed`` and cut off at least one val and one test subject.
+
+        ``subjects`` maps a case id to its subject (e.g. the time points of one ISBI 2015 patient), so
+        that every case of a subject lands in the same subset; by default each case is its own subject.
+        """
+        subject_of = {case: (subjects or {}).get(case, case) for case in case_ids}
+        order = [str(s) for s in np.random.default_rng(seed).permutation(sorted(set(subject_of.values())))]
+        if len(order) < 3:
+            raise BrainbenchConfigError(f"need at least 3 subjects for a train/val/test split, found {len(order)}")
         n_test = max(1, math.floor(test_fraction * len(order) + 0.5))
         n_val = max(1, math.floor(val_fraction * len(order) + 0.5))
         if n_test + n_val >= len(order):
             raise BrainbenchConfigError(
-                f"split fractions val={val_fraction} test={test_fraction} leave no training case of {len(order)}"
+                f"split fractions val={val_fraction} test={test_fraction} leave no training subject of {len(order)}"
             )
-        ids = [str(i) for i in order]
-        return cls(train=tuple(sorted(ids[n_test + n_val :])), val=tuple(sorted(ids[n_test : n_test + n_val])),
-                   test=tuple(sorted(ids[:n_test])))
+
+        def cases_of(chosen: list[str]) -> tuple[str, ...]:
+            return tuple(sorted(case for case, subject in subject_of.items() if subject in chosen))
+
+        return cls(train=cases_of(order[n_test + n_val :]), val=cases_of(order[n_test : n_test + n_val]),
+                   test=cases_of(order[:n_test]))
 
 
 class SegmentDataset(Dataset):
@@ -105,7 +114,10 @@ class BrainSegmentationDataModule(pl.LightningDataModule):
         if self.split is not None:
             return
         self.cases = {case.case_id: case for case in self.adapter.discover(self.root)}
-        self.split = CaseSplit.from_fractions(list(self.cases), self.val_fraction, self.test_fraction, self.split_seed)
+        subjects = {cid: case.meta["subject"] for cid, case in self.cases.items() if "subject" in case.meta}
+        self.split = CaseSplit.from_fractions(list(self.cases), self.val_fraction, self.test_fraction,
+                                              self.split_seed, subjects)
+        self.cache.fit([self.cases[i] for i in self.split.train], self.adapter)  # learning stages see train only
         self.preprocessed = {cid: self.cache.load(case, self.adapter) for cid, case in self.cases.items()}
         self.train_set = self._segments(self.split.train, self.segments_per_epoch, self.seed)
         self.val_set = self._segments(self.split.val, self.val_segments, self.seed + 10_000)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from brainbench.data.cache import PreprocessedCase
-from brainbench.models.deepmedic import CONV_LAYERS, extract_label_block, extract_training_pair
+from brainbench.models.deepmedic import CONV_LAYERS, _window, extract_label_block, extract_training_pair
 
 
 @dataclass
@@ -75,3 +75,112 @@ class TwoPathwaySegments:
         if rng.random() < self.flip_x_probability:
             normal, subsampled, target = (np.flip(a, axis=-3) for a in (normal, subsampled, target))
         return (normal, subsampled), target
+
+
+@dataclass
+class ClassFrequencySampler:
+    """Centres drawn class by class: P(class c) ∝ n_c ** exponent over the classes in a case's brain.
+
+    ``exponent = 0`` makes every class present equally likely (Havaei phase 1, spec §1.7; Pereira's
+    class balancing, §2.3); ``exponent = 1`` gives the brain's natural label distribution (Havaei
+    phase 2), i.e. a uniform brain voxel; values in between move towards natural, the paper's
+    unstated "more representative" distribution. Background centres are brain voxels of class 0;
+    voxels outside the brain are never drawn. The voxel is then uniform within its class.
+    """
+
+    exponent: float = 0.0
+    _pools: dict[str, tuple[list[np.ndarray], np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def centre(self, case: PreprocessedCase, rng: np.random.Generator) -> tuple[int, int, int]:
+        """One voxel index ``(x, y, z)`` of ``case``."""
+        pools, probabilities = self._class_pools(case)
+        pool = pools[int(rng.choice(len(pools), p=probabilities))]
+        return _unravel(pool[rng.integers(pool.size)], case)
+
+    def _class_pools(self, case: PreprocessedCase) -> tuple[list[np.ndarray], np.ndarray]:
+        if case.case_id not in self._pools:
+            flat, classes = brain_voxel_classes(case)
+            order = np.argsort(classes, kind="stable")
+            counts = np.bincount(classes)
+            pools = [p for p in np.split(flat[order], np.cumsum(counts)[:-1]) if p.size]
+            weights = np.array([p.size for p in pools], dtype=np.float64) ** self.exponent
+            self._pools[case.case_id] = (pools, weights / weights.sum())
+        return self._pools[case.case_id]
+
+
+@dataclass
+class BrainUniformSampler:
+    """Centres uniform over a case's brain mask, labels unused (the distribution patch-wise
+    inference sees; equal to :class:`ClassFrequencySampler` with ``exponent = 1`` on labelled data)."""
+
+    _pools: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def centre(self, case: PreprocessedCase, rng: np.random.Generator) -> tuple[int, int, int]:
+        """One voxel index ``(x, y, z)`` of ``case``."""
+        if case.case_id not in self._pools:
+            self._pools[case.case_id] = np.flatnonzero(np.asarray(case.brain))
+        pool = self._pools[case.case_id]
+        if pool.size == 0:
+            raise ValueError(f"case {case.case_id} has an empty brain mask: no patch centre to draw")
+        return _unravel(pool[rng.integers(pool.size)], case)
+
+
+def brain_voxel_classes(case: PreprocessedCase) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the brain (mask ∪ labelled voxels) and their class, both int64 (V,)."""
+    if case.label is None:
+        raise ValueError(f"case {case.case_id} has no label map: it cannot be used for training")
+    label = np.asarray(case.label).ravel()
+    flat = np.flatnonzero(np.asarray(case.brain).ravel() | (label > 0))
+    return flat, label[flat].astype(np.int64)
+
+
+def label_frequencies(cases: list[PreprocessedCase], n_classes: int) -> np.ndarray:
+    """Brain-voxel label frequencies pooled over ``cases`` (n_classes,), each class counted once more
+    (Laplace) so that a class absent from the training cases keeps a finite log frequency."""
+    counts = np.ones(n_classes, dtype=np.float64)
+    for case in cases:
+        counts += np.bincount(brain_voxel_classes(case)[1], minlength=n_classes)[:n_classes]
+    return counts / counts.sum()
+
+
+def _unravel(flat: int, case: PreprocessedCase) -> tuple[int, int, int]:
+    return tuple(int(i) for i in np.unravel_index(int(flat), case.brain.shape))
+
+
+@dataclass(frozen=True)
+class AxialPatches:
+    """2D patch-CNN inputs: a (C, P, P) axial window around a voxel and the label target.
+
+    The window spans ``[c - before, c + after]`` in x and y on the centre's axial slice (z), read
+    from the memory-mapped cached volume and zero-filled where it leaves the volume (the cache is
+    normalised with background 0). P = before + after + 1: 33 (Havaei, Pereira), 65/56/53 (the
+    cascades' stage-1 windows; their ``margin`` attribute).
+
+    Args:
+        margin: ``(before, after)`` pixels around the centre, the model's ``margin``.
+        output_size: edge O of the (O, O) label target centred on the voxel (Havaei: a 33×33 patch
+            gives 1×1 logits); ``None``: a scalar target for models returning (N, K) (Pereira).
+            Target pixels outside the volume are -100 (cross-entropy's ignore index).
+        rotate_90: rotate window and target by a random multiple of 90° in the axial plane
+            (Pereira's augmentation, spec §2.3).
+    """
+
+    margin: tuple[int, int] = (16, 16)
+    output_size: int | None = 1
+    rotate_90: bool = False
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, centre: tuple[int, int, int],
+                 rng: np.random.Generator) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        x, y, z = centre
+        before, after = self.margin
+        window = _window(image, (x - before, y - before, z), (x + after + 1, y + after + 1, z + 1), 1, 0)[..., 0]
+        if self.output_size is None:
+            target = np.asarray(label[x, y, z], dtype=np.int64)
+        else:
+            target = extract_label_block(label, centre, (self.output_size, self.output_size, 1))[..., 0]
+        if self.rotate_90:
+            turns = int(rng.integers(4))
+            window = np.rot90(window, turns, axes=(-2, -1))
+            if target.ndim:
+                target = np.rot90(target, turns, axes=(-2, -1))
+        return (window,), target

@@ -1,18 +1,43 @@
-"""BraTS-style summaries of per-case metrics and leaderboards across runs.
+"""BraTS-style summaries of per-case metrics and leaderboards across runs or submission folders.
 
-Per run and region: mean, standard deviation, median and the 25th/75th percentiles over cases —
-the statistics the BraTS organisers publish. Every table states its data source, so synthetic
-numbers are never mistaken for a challenge's.
+Per run (or team) and region: mean, standard deviation, median and the 25th/75th percentiles over
+cases — the statistics the BraTS organisers publish — next to the rank under the edition's ranking
+rule (:mod:`brainbench.evaluation.ranking`) and its bootstrap stability. Every table states its data
+source, so synthetic numbers are never mistaken for a challenge's. Tables are written as Markdown,
+CSV, HTML and LaTeX; figures as PNG.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import html
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from brainbench.data.io import write_atomic
+from brainbench.errors import BrainbenchDataError
+from brainbench.evaluation.plots import case_metric_png, rank_stability_png
 from brainbench.evaluation.protocols import METRIC_UNITS
+from brainbench.evaluation.ranking import RankingRule, per_case_ranks
+from brainbench.evaluation.stats import adjacent_permutation_tests, bootstrap_ranks
+
+PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "leaderboards" / "published"
+"""Published numbers (CSV, one value per row) with citation, split and the spec's evidence tag."""
+PUBLISHED_COLUMNS = ("split", "region", "metric", "value", "verified", "citation", "spec")
+SPLITS = ("training CV", "leaderboard set", "challenge test set", "unknown")
+EVIDENCE_TAGS = {
+    "V": "verified in an official or organiser source",
+    "P": "partly verified (third-party code or a truncated official page)",
+    "R": "recollection of the literature or the review summary, unverified",
+    "M": "from memory of the paper, unverified",
+    "I": "inferred",
+    "B": "quoted from the Akkus et al. 2017 review's tables, not re-verified",
+}
+"""The ``verified`` column's tags, as defined in specs/challenges.md §0 and specs/architectures.md §0.1."""
 
 STATISTICS = {
     "mean": np.mean,
@@ -62,14 +87,16 @@ def leaderboard_table(runs: pd.DataFrame, regions: Sequence[str], metrics: Seque
         for region in regions:
             for metric in metrics:
                 key = f"metrics.{prefix}/{region}/{metric}"
-                stats = {s: run.get(f"{key}/{s}", np.nan) for s in STATISTICS}
-                digits = 3 if METRIC_UNITS.get(metric, "1") == "1" else 1  # fractions vs mm
-                row[f"{region} {metric}"] = (
-                    f"{stats['mean']:.{digits}f}±{stats['std']:.{digits}f} "
-                    f"({stats['median']:.{digits}f}; {stats['q25']:.{digits}f}–{stats['q75']:.{digits}f})"
-                )
+                row[f"{region} {metric}"] = _cell({s: run.get(f"{key}/{s}", np.nan) for s in STATISTICS}, metric)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _cell(stats: Mapping[str, float], metric: str) -> str:
+    """``mean±std (median; q25–q75)``: 3 decimals for fractions, 1 for mm."""
+    digits = 3 if METRIC_UNITS.get(metric, "1") == "1" else 1
+    return (f"{stats['mean']:.{digits}f}±{stats['std']:.{digits}f} "
+            f"({stats['median']:.{digits}f}; {stats['q25']:.{digits}f}–{stats['q75']:.{digits}f})")
 
 
 def data_source_note(table: pd.DataFrame) -> str:
@@ -81,17 +108,193 @@ def data_source_note(table: pd.DataFrame) -> str:
     return f"Data source: {', '.join(sources)}."
 
 
-def to_markdown(table: pd.DataFrame, title: str) -> str:
-    """GitHub Markdown with a title, the data-source note and the cell legend."""
-    lines = [f"# {title}", "", data_source_note(table), "",
-             CELL_LEGEND, ""]
+def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = (CELL_LEGEND,)) -> str:
+    """GitHub Markdown with a title, the data-source note and ``notes`` (default: the cell legend)."""
+    lines = [f"# {title}", ""]
+    for note in (data_source_note(table), *notes):
+        lines.extend([note, ""])
     if table.empty:
         return "\n".join([*lines, "(no finished runs with test metrics)", ""])
-    header = list(table.columns)
+    shown = _display(table)
+    header = list(shown.columns)
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
-    lines.extend("| " + " | ".join(str(row[c]) for c in header) + " |" for _, row in table.iterrows())
+    lines.extend("| " + " | ".join(str(row[c]) for c in header) + " |" for _, row in shown.iterrows())
     return "\n".join(lines) + "\n"
+
+
+def to_html(table: pd.DataFrame, title: str, notes: Sequence[str] = (CELL_LEGEND,)) -> str:
+    """A standalone HTML page: title, notes as paragraphs, the table (all text escaped)."""
+    paragraphs = "".join(f"<p>{html.escape(note)}</p>\n" for note in (data_source_note(table), *notes))
+    body = _display(table).to_html(index=False, escape=True, border=0)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title></head>\n"
+            f"<body>\n<h1>{html.escape(title)}</h1>\n{paragraphs}{body}\n</body></html>\n")
+
+
+def to_latex(table: pd.DataFrame, title: str, notes: Sequence[str] = (CELL_LEGEND,)) -> str:
+    """A LaTeX ``table`` environment (booktabs) whose caption holds the title and the notes."""
+    caption = " ".join([title + ".", data_source_note(table), *notes])
+    return _display(table).to_latex(index=False, escape=True, caption=caption.replace("%", r"\%"),
+                                    label="tab:leaderboard")
+
+
+def write_tables(table: pd.DataFrame, out_dir: str | Path, title: str,
+                 notes: Sequence[str] = (CELL_LEGEND,)) -> list[Path]:
+    """``leaderboard.{md,csv,html,tex}`` in ``out_dir``, each written atomically."""
+    out_dir = Path(out_dir)
+    texts = {"md": to_markdown(table, title, notes), "html": to_html(table, title, notes),
+             "tex": to_latex(table, title, notes)}
+    paths = [write_atomic(out_dir / f"leaderboard.{suffix}", lambda tmp, text=text: tmp.write_text(text))
+             for suffix, text in texts.items()]
+    paths.append(write_atomic(out_dir / "leaderboard.csv", lambda tmp: table.to_csv(tmp, index=False)))
+    return paths
+
+
+def _values_cell(values: pd.Series, metric: str) -> str:
+    """The ``mean±std (median; q25–q75)`` cell of per-case values; NaNs left out, "—" when none remain."""
+    finite = values.dropna().to_numpy(dtype=float)
+    return _cell({s: f(finite) for s, f in STATISTICS.items()}, metric) if finite.size else "—"
+
+
+def _display(table: pd.DataFrame) -> pd.DataFrame:
+    """Floats shown with 3 decimals (NaN as "—"); everything else as is."""
+    def show(value: float) -> str:
+        return "—" if np.isnan(value) else f"{value:.3f}"
+
+    return table.apply(lambda column: column.map(show) if column.dtype.kind == "f" else column)
+
+
+@dataclass
+class Leaderboard:
+    """A ranked table of teams with the notes it must be shown with, and the files written for it."""
+
+    table: pd.DataFrame
+    title: str
+    notes: list[str]
+    files: list[Path]
+
+
+def rank_teams(frame: pd.DataFrame, rule: RankingRule, title: str, data_source: str,
+               out_dir: str | Path | None = None, ties: str = "min", n_bootstrap: int = 1000, seed: int = 0,
+               bootstrap_unit: str = "case") -> Leaderboard:
+    """Rank the teams of a long ``team, case, region, metric, value`` frame with ``rule``.
+
+    The table holds rank, team, the rule's score and detail columns, the bootstrap rank interval
+    (median [2.5–97.5 %] over ``n_bootstrap`` samples of ``bootstrap_unit`` s; challengeR), for the
+    BraTS rule the permutation-test p-value against the next team, and a ``mean±std (median;
+    q25–q75)`` cell per region × ranked metric. With ``out_dir`` it writes ``leaderboard.{md,csv,html,tex}``,
+    ``metrics.csv`` (the input), ``cases_<metric>.png`` per ranked metric and ``rank_stability.png``.
+    """
+    ranking = rule.rank(frame, ties)
+    teams = list(ranking["team"])
+    metrics = [m for m in rule.metrics if m in set(frame["metric"])]
+    table = ranking.copy()
+    notes = [f"Ranking: {rule.name} ({rule.source}); score = {rule.score_meaning}; ties '{ties}'."]
+    if rule.name == "brats-rank-then-aggregate":
+        case_scores = per_case_ranks(frame, rule.metrics, ties).groupby(level="case").mean()
+        tests = adjacent_permutation_tests(case_scores, ranking, seed=seed)
+        table["p vs next"] = table["team"].map(tests.set_index("team")["p"])
+        notes.append("p vs next: paired permutation test of the per-case mean ranks against the next team "
+                     "(10,000 sign flips).")
+    boot = None
+    if n_bootstrap > 0:
+        boot = bootstrap_ranks(frame, lambda f: rule.rank(f, ties), n_samples=n_bootstrap, seed=seed,
+                               unit=bootstrap_unit)
+        summary = boot.summary().set_index("team")
+        table["bootstrap rank"] = [
+            f"{summary.at[t, 'median']:g} [{summary.at[t, 'q2.5']:g}–{summary.at[t, 'q97.5']:g}]" for t in teams]
+        notes.append(f"Bootstrap rank: median [2.5–97.5 %] over {n_bootstrap} resamplings of {bootstrap_unit}s "
+                     f"(seed {seed}); mean Kendall τ to the full ranking {np.nanmean(boot.kendall_tau):.3f}.")
+    for region in dict.fromkeys(frame["region"]):
+        for metric in metrics:
+            values = frame[(frame["region"] == region) & (frame["metric"] == metric)]
+            table[f"{region} {metric}"] = [_values_cell(values[values["team"] == t]["value"], metric) for t in teams]
+    table["data"] = data_source
+    notes.append(CELL_LEGEND)
+    files: list[Path] = []
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        files = write_tables(table, out_dir, title, notes)
+        files.append(write_atomic(out_dir / "metrics.csv", lambda tmp: frame.to_csv(tmp, index=False)))
+        for metric in metrics:
+            files.append(case_metric_png(frame, metric, teams, out_dir / f"cases_{metric}.png",
+                                         title=f"{title}: per-case {metric}", unit=METRIC_UNITS.get(metric, "")))
+        if boot is not None:
+            stability = f"rank stability: {n_bootstrap} bootstrap samples of {bootstrap_unit}s"
+            files.append(rank_stability_png(boot.frequencies(), list(ranking["rank"]),
+                                            out_dir / "rank_stability.png", title=stability))
+    return Leaderboard(table=table, title=title, notes=notes, files=files)
+
+
+def load_published(name: str | None = None, folder: str | Path = PUBLISHED_DIR) -> pd.DataFrame:
+    """One published table (``name`` = file stem, e.g. ``akkus2017_table4``) or all of them, checked.
+
+    Adds a ``table`` column (the file stem). Raises :class:`BrainbenchDataError` naming the file when
+    a required column is missing, a value is not a number, or a split or evidence tag is unknown.
+    """
+    folder = Path(folder)
+    paths = [folder / f"{name}.csv"] if name else sorted(folder.glob("*.csv"))
+    if not paths:
+        raise BrainbenchDataError(folder, "no published tables (*.csv)")
+    frames = []
+    for path in paths:
+        if not path.is_file():
+            raise BrainbenchDataError(path, f"no such published table; known: {[p.stem for p in folder.glob('*.csv')]}")
+        frame = pd.read_csv(path, dtype={"verified": str, "split": str})
+        missing = [c for c in PUBLISHED_COLUMNS if c not in frame.columns]
+        bad_split = sorted(set(frame.get("split", [])) - set(SPLITS))
+        bad_tag = sorted(set(frame.get("verified", [])) - set(EVIDENCE_TAGS))
+        if missing or bad_split or bad_tag:
+            raise BrainbenchDataError(path, f"expected columns {list(PUBLISHED_COLUMNS)}, splits {list(SPLITS)} and "
+                                            f"tags {list(EVIDENCE_TAGS)}; missing {missing}, splits {bad_split}, "
+                                            f"tags {bad_tag}")
+        values = pd.to_numeric(frame["value"], errors="coerce")
+        if values.isna().any() or frame["citation"].isna().any():
+            raise BrainbenchDataError(path, f"rows {list(frame.index[values.isna() | frame['citation'].isna()] + 2)}: "
+                                            "value must be a number and citation non-empty")
+        frames.append(frame.assign(value=values, table=path.stem))
+    return pd.concat(frames, ignore_index=True)
+
+
+def experiment_case_metrics(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per-case ``metrics.csv`` artifacts of an experiment's runs as one long frame, team = run name.
+
+    Runs without that artifact and earlier leaderboard runs (tag ``kind=leaderboard``) are skipped.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    frames = []
+    names = runs.get("run_name", pd.Series(index=runs.index, dtype=object)).fillna("")
+    repeated = set(names[names.duplicated()]) | {""}
+    with tempfile.TemporaryDirectory() as tmp:
+        for (_, run), name in zip(runs.iterrows(), names):
+            if run.get("tags.kind") == "leaderboard":
+                continue
+            if "metrics.csv" not in {artifact.path for artifact in client.list_artifacts(run["run_id"])}:
+                continue
+            local = client.download_artifacts(run["run_id"], "metrics.csv", f"{tmp}/{run['run_id']}")
+            team = f"{name} ({run['run_id'][:8]})" if name in repeated else name
+            frames.append(pd.read_csv(local).assign(team=team))
+    if not frames:
+        return pd.DataFrame(columns=["team", "case", "region", "metric", "value"])
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["team", "case", "region", "metric", "value"]]
+
+
+def log_leaderboard_run(tracking_uri: str, experiment: str, files: Sequence[Path], tags: Mapping[str, str]) -> str:
+    """Log ``files`` as artifacts of a new finished run tagged ``kind=leaderboard``; return its id."""
+    from mlflow.tracking import MlflowClient
+
+    from brainbench.tracking.mlflow import ensure_experiment
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.create_run(ensure_experiment(tracking_uri, experiment), run_name="leaderboard",
+                            tags={"kind": "leaderboard", **tags})
+    for path in files:
+        client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
 
 
 def print_leaderboard(table: pd.DataFrame, title: str) -> None:

@@ -1,24 +1,71 @@
-"""How one challenge edition scores a case: which metrics, and what each is worth on empty masks.
+"""How one challenge edition scores a case: which metrics, which variant of each, and empty-mask values.
 
-The empty-mask values are where editions disagree most (challenges.md §1), so they live here, next to
-the edition's name, rather than as defaults inside the metric functions.
+The empty-mask values and the Hausdorff variant are where editions disagree most (challenges.md §1), so
+they live here, next to the edition's name, rather than as defaults inside the metric functions. A
+protocol is data only: :func:`brainbench.evaluation.evaluate.evaluate_case` dispatches its metrics.
+NaN as a value means "undefined, left out of means", the way the organisers' scripts report it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from brainbench.evaluation.lesions import BRATS2023_LESION_RULES, AnimaRule, BratsLesionRule
 
 METRIC_UNITS = {
     "dice": "1",
-    "hd95": "mm",
-    "hd": "mm",
     "sensitivity": "1",
     "specificity": "1",
+    "ppv": "1",
+    "hd95": "mm",
+    "hd": "mm",
+    "assd": "mm",
+    "avd": "%",
+    "vdr": "1",
+    "volume_difference_ml": "ml",
+    "volumetric_similarity": "1",
+    "lesion_tpr": "1",
+    "lesion_ppv": "1",
+    "lesion_f1": "1",
+    "lesion_count_difference": "lesions",
+    "lesion_dice": "1",
+    "lesion_hd95": "mm",
 }
-"""Unit of every metric the evaluator knows: ``"1"`` = unitless fraction in [0, 1], ``"mm"`` = millimetres."""
+"""Unit of every metric: ``"1"`` = unitless fraction (Dice in [0, 1], VDR signed), ``"mm"``, ``"%"``,
+``"ml"``, ``"lesions"`` (a count)."""
+
+SURFACE_VARIANTS = {
+    "medpy": ("hd95", "hd", "assd"),
+    "surfel": ("hd95", "hd", "assd"),
+    "kth-ranked": ("hd95", "hd", "assd"),
+    "in-plane": ("hd95",),
+    "covalic": ("hd", "assd"),
+    "itk-set": ("hd",),
+}
+"""Surface-distance variants (spec §1.2) and the metrics each defines (functions in ``surface.py``):
+medpy voxel boundary (``hd95``/``hd``: pooled percentile; ``assd``), DeepMind surfels (robust HD and
+area-weighted average), K-th ranked (MRBrainS13), MRBrainS18 in-plane erosion + KD-tree, covalic
+(ISLES 2015–2017; its ASSD is the medpy one), ITK set distance (anima)."""
+
+LESION_RULES = {
+    "anima": ("lesion_tpr", "lesion_ppv", "lesion_f1"),
+    "isles22": ("lesion_f1", "lesion_count_difference"),
+    "brats2023": ("lesion_dice", "lesion_hd95"),
+}
+"""Lesion matching rules (``lesions.py``) and the metrics each gives."""
+
+MISSING_CASE_RULES = ("empty", "lowest-rank")
+"""How a missing or unusable prediction counts: scored as an empty prediction (every protocol's
+per-case values), and for ISLES 2015–2017 also ranked last on that case by the ranking step."""
 
 BRATS_DIAGONAL_MM = 373.12866
 """√(240² + 240² + 155²) mm, the diagonal of the BraTS volume: nnU-Net's HD95 when one mask is empty."""
+
+BRATS_2023_MISS_MM = 374.0
+"""HD95 the BraTS 2023 scorer writes for an empty mask (∞ replaced by 374, spec §1.2, §2.6)."""
+
+_NAN = math.nan
 
 
 @dataclass(frozen=True)
@@ -32,27 +79,63 @@ class Protocol:
         name: edition label written into reports.
         metrics: metric names, each a key of :data:`METRIC_UNITS`.
         dice_both_empty: Dice when prediction and reference are both empty (exactly one empty gives 0).
-        hd_both_empty: Hausdorff distance (mm) when both are empty.
-        hd_one_empty: Hausdorff distance (mm) when exactly one is empty.
+        hd_both_empty: surface distance (``hd95``, ``hd``, ``assd``; mm) when both are empty.
+        hd_one_empty: surface distance (mm) when exactly one is empty.
         sensitivity_both_empty: sensitivity when both are empty.
         sensitivity_ref_empty: sensitivity when the reference is empty and the prediction is not.
         specificity_no_negatives: specificity when the reference fills the whole volume.
+        ppv_both_empty: PPV when both are empty.
+        ppv_pred_empty: PPV when the prediction is empty and the reference is not.
+        volume_ref_empty: AVD and VDR when the reference is empty.
+        vs_both_empty: volumetric similarity when both are empty.
+        surface_variant: key of :data:`SURFACE_VARIANTS`.
+        lesion_rule: key of :data:`LESION_RULES`, or None.
+        lesion_both_empty: ISLES 2022 lesion F1 with no lesion in either mask.
+        anima: anima detection parameters (``lesion_rule="anima"``).
+        brats_lesions: BraTS 2023 dilation/threshold (``lesion_rule="brats2023"``).
+        ignore_labels: reference labels whose voxels are set to background in both masks before any
+            metric (MRBrainS18 9 and 10).
+        missing_case: one of :data:`MISSING_CASE_RULES`.
     """
 
     name: str
     metrics: tuple[str, ...]
-    dice_both_empty: float
-    hd_both_empty: float
-    hd_one_empty: float
-    sensitivity_both_empty: float
-    sensitivity_ref_empty: float
-    specificity_no_negatives: float
+    dice_both_empty: float = _NAN
+    hd_both_empty: float = _NAN
+    hd_one_empty: float = _NAN
+    sensitivity_both_empty: float = _NAN
+    sensitivity_ref_empty: float = _NAN
+    specificity_no_negatives: float = _NAN
+    ppv_both_empty: float = _NAN
+    ppv_pred_empty: float = _NAN
+    volume_ref_empty: float = _NAN
+    vs_both_empty: float = _NAN
+    surface_variant: str = "medpy"
+    lesion_rule: str | None = None
+    lesion_both_empty: float = _NAN
+    anima: AnimaRule = AnimaRule()
+    brats_lesions: BratsLesionRule | None = None
+    ignore_labels: frozenset[int] = frozenset()
+    missing_case: str = "empty"
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRIC_UNITS]
         if unknown:
             known = sorted(METRIC_UNITS)
             raise ValueError(f"protocol {self.name!r}: unknown metrics {unknown}; known: {known}")
+        if self.surface_variant not in SURFACE_VARIANTS:
+            raise ValueError(f"protocol {self.name!r}: unknown surface variant {self.surface_variant!r}")
+        surface = [m for m in self.metrics if m in ("hd95", "hd", "assd")]
+        undefined = [m for m in surface if m not in SURFACE_VARIANTS[self.surface_variant]]
+        if undefined:
+            raise ValueError(f"protocol {self.name!r}: variant {self.surface_variant!r} defines no {undefined}")
+        lesion = [m for m in self.metrics if m.startswith("lesion_")]
+        if lesion and (self.lesion_rule not in LESION_RULES or set(lesion) - set(LESION_RULES[self.lesion_rule])):
+            raise ValueError(f"protocol {self.name!r}: lesion rule {self.lesion_rule!r} does not give {lesion}")
+        if self.lesion_rule == "brats2023" and self.brats_lesions is None:
+            raise ValueError(f"protocol {self.name!r}: lesion rule 'brats2023' needs brats_lesions")
+        if self.missing_case not in MISSING_CASE_RULES:
+            raise ValueError(f"protocol {self.name!r}: missing_case must be one of {MISSING_CASE_RULES}")
 
 
 BRATS_LEGACY = Protocol(
@@ -67,9 +150,156 @@ BRATS_LEGACY = Protocol(
 )
 """BraTS 2017–2021 (CaPTk; as reimplemented by nnU-Net, challenges.md §2.5).
 
-Sensitivity follows TP/(TP+FN+eps) of the BraTS 2023 legacy scorer: 1 when both are empty, 0 when only
-the reference is. Specificity is TN/(TN+FP) over the whole 240×240×155 volume.
+medpy HD95. Sensitivity follows TP/(TP+FN+eps) of the BraTS 2023 legacy scorer: 1 when both are empty,
+0 when only the reference is. Specificity is TN/(TN+FP) over the whole 240×240×155 volume. Missing case:
+empty prediction (Dice 0, HD95 373.13).
 """
 
-PROTOCOLS: dict[str, Protocol] = {protocol.name: protocol for protocol in (BRATS_LEGACY,)}
+
+def _brats_2023(subchallenge: str) -> Protocol:
+    return Protocol(
+        name=f"brats-2023-{subchallenge.lower()}",
+        metrics=("dice", "hd95", "sensitivity", "specificity", "lesion_dice", "lesion_hd95"),
+        dice_both_empty=1.0,
+        hd_both_empty=0.0,
+        hd_one_empty=BRATS_2023_MISS_MM,
+        sensitivity_both_empty=1.0,
+        sensitivity_ref_empty=0.0,
+        specificity_no_negatives=0.0,
+        surface_variant="surfel",
+        lesion_rule="brats2023",
+        brats_lesions=BRATS2023_LESION_RULES[subchallenge],
+    )
+
+
+BRATS_2023 = {sub: _brats_2023(sub) for sub in BRATS2023_LESION_RULES}
+"""BraTS 2023 GLI/SSA/PED/MEN/MET (official ``BraTS-2023-Metrics``, spec §2.6, §1.2).
+
+"Legacy" Dice (both empty 1), surfel robust HD95 (both empty 0, one empty 374), sensitivity and
+specificity with +eps denominators (both empty sensitivity 1; no negatives gives specificity 0), and
+lesion-wise Dice/HD95 with the sub-challenge's dilation and volume threshold (lesions.py). The scorer
+reads spacing from the prediction header; predictions share the reference grid here, so it is the same.
+Missing case: empty prediction.
+"""
+
+BRATS_VSD = Protocol(
+    name="brats-vsd-2012-2016",
+    metrics=("dice", "ppv", "sensitivity"),
+    dice_both_empty=1.0,
+    sensitivity_both_empty=1.0,
+    sensitivity_ref_empty=0.0,
+    ppv_both_empty=1.0,
+    ppv_pred_empty=0.0,
+)
+"""BRATS 2012–2016 on the VSD online table (spec §2.7): Dice, PPV, sensitivity per region.
+
+Means are "divided by the number of cases": a missing case is scored as an empty prediction, which
+gives exactly 0 for all three metrics on a non-empty region (PPV of an empty prediction is 0 here).
+Both-empty values (1) are not documented by VSD [I].
+"""
+
+ISLES_2015_2017 = Protocol(
+    name="isles-2015-2017",
+    metrics=("dice", "assd", "hd", "ppv", "sensitivity"),
+    dice_both_empty=1.0,
+    hd_both_empty=0.0,
+    hd_one_empty=math.inf,
+    sensitivity_both_empty=1.0,
+    sensitivity_ref_empty=0.0,
+    ppv_both_empty=1.0,
+    ppv_pred_empty=0.0,
+    surface_variant="covalic",
+    missing_case="lowest-rank",
+)
+"""ISLES 2015 SISS/SPES, 2016, 2017 (``validateLabelImages-ISLES``: ASSD, DC, HD, precision, recall;
+spec §3.3, §1.2). covalic max HD (fraction 1.0); both empty 0, exactly one empty ∞ (``vnl_huge_val``)
+for HD and ASSD. A failed case is excluded from the ASSD/HD means and ranked last (lowest vacant rank).
+"""
+
+ISLES_2022 = Protocol(
+    name="isles-2022",
+    metrics=("dice", "volume_difference_ml", "lesion_count_difference", "lesion_f1"),
+    dice_both_empty=1.0,
+    lesion_rule="isles22",
+    lesion_both_empty=1.0,
+)
+"""ISLES 2022 (``ezequieldlrosa/isles22``, spec §3.3): Dice (both empty 1), |ΔV| in ml, lesion-count
+difference and lesion F1 (26-connectivity, any overlap; no lesions at all → 1). Missing case: empty."""
+
+MSSEG_2016 = Protocol(
+    name="msseg-2016",
+    metrics=("dice", "sensitivity", "ppv", "specificity", "hd", "lesion_tpr", "lesion_ppv", "lesion_f1"),
+    sensitivity_ref_empty=0.0,
+    ppv_pred_empty=0.0,
+    specificity_no_negatives=_NAN,
+    surface_variant="itk-set",
+    lesion_rule="anima",
+)
+"""MSSEG 2016 (``animaSegPerfAnalyzer``, spec §4.3, §1.2, §1.4): segmentation scores, ITK Hausdorff over
+whole masks, detection LTPR/LPPV/F1 (α 0.10, β 0.70, γ 0.65, lesions > 3 mm³, 6-connectivity). NaN
+wherever a label set is missing (both-empty Dice, HD with an empty mask, LTPR/LPPV with no lesion).
+Missing case: empty."""
+
+ISBI_2015 = Protocol(
+    name="isbi-2015",
+    metrics=("dice", "ppv", "sensitivity", "avd", "assd"),
+    sensitivity_ref_empty=0.0,
+    ppv_pred_empty=0.0,
+)
+"""ISBI 2015 longitudinal MS (spec §4.2): the voxel metrics of the organisers' list (Dice, PPV, TPR,
+volume difference as AVD %, ASSD with medpy boundaries). LTPR/LFPR are not computed: their lesion
+matching rule was not found [R]. Empty masks undocumented: NaN. Missing case: empty."""
+
+MICCAI_2008 = Protocol(
+    name="miccai-2008",
+    metrics=("avd", "assd", "sensitivity", "ppv", "dice"),
+    sensitivity_ref_empty=0.0,
+    ppv_pred_empty=0.0,
+)
+"""MICCAI 2008 MS lesion challenge (spec §4.1): volume difference (AVD %), ASSD, voxel TPR, PPV and Dice.
+The organisers' lesion-wise TPR/FPR and the score normalised to inter-rater 90 are [R] and not computed.
+Empty masks undocumented: NaN. Missing case: empty."""
+
+MRBRAINS13 = Protocol(
+    name="mrbrains13",
+    metrics=("dice", "hd95", "avd"),
+    dice_both_empty=_NAN,
+    surface_variant="kth-ranked",
+)
+"""MRBrainS13 (spec §5): Dice (the board prints it ×100), K-th ranked HD95 (mm) and AVD (%) per tissue.
+Empty masks are not documented [P]: NaN. Missing case: empty."""
+
+MRBRAINS18 = Protocol(
+    name="mrbrains18",
+    metrics=("dice", "hd95", "volumetric_similarity"),
+    surface_variant="in-plane",
+    ignore_labels=frozenset({9, 10}),
+)
+"""MRBrainS18 (organisers' evaluation script, spec §6, §1.2): Dice, in-plane-erosion KD-tree HD95, VS
+per label 1–8 after masking reference labels 9 (infarction) and 10 (other) out of both images. The
+script's ``None`` (Dice/VS both empty, HD95 either empty) is NaN here. Missing case: empty."""
+
+NEOBRAINS12 = Protocol(
+    name="neobrains12",
+    metrics=("dice", "assd", "hd"),
+)
+"""NeoBrainS12 (spec §7): Dice, mean surface distance and Hausdorff distance per tissue; the HD variant
+is not stated, medpy voxel boundaries are used; empty masks undefined (NaN). Missing case: empty."""
+
+PROTOCOLS: dict[str, Protocol] = {
+    protocol.name: protocol
+    for protocol in (
+        BRATS_LEGACY,
+        *BRATS_2023.values(),
+        BRATS_VSD,
+        ISLES_2015_2017,
+        ISLES_2022,
+        MSSEG_2016,
+        ISBI_2015,
+        MICCAI_2008,
+        MRBRAINS13,
+        MRBRAINS18,
+        NEOBRAINS12,
+    )
+}
 """Protocols by name; each challenge edition names its protocol (``Edition.protocol``)."""

@@ -1,4 +1,4 @@
-"""Optimisers the papers used that torch does not ship."""
+"""Optimisers and learning-rate schedules the papers used that torch does not ship."""
 
 from __future__ import annotations
 
@@ -58,3 +58,13 @@ class RMSPropNesterov(torch.optim.Optimizer):
                 velocity.mul_(mu).sub_(scaled_step)
                 param.add_(velocity, alpha=mu).sub_(scaled_step)
         return loss
+
+
+def linear_decay(optimizer: torch.optim.Optimizer, end_factor: float = 0.01,
+                 epochs: int = 20) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate falling linearly, stepped per epoch, from the optimiser's ``lr`` at epoch 0 to
+    ``end_factor · lr`` at epoch ``epochs - 1``, then held: Pereira's 3e-3 → 3e-5 (spec §2.4)."""
+    if not 0 < end_factor <= 1 or epochs < 1:
+        raise ValueError(f"invalid linear_decay settings end_factor={end_factor} epochs={epochs}")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: 1 + (end_factor - 1) * min(1.0, epoch / max(1, epochs - 1)))

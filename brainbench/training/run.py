@@ -22,12 +22,13 @@ from pytorch_lightning.loggers import MLFlowLogger
 from brainbench.challenges.base import ChallengeAdapter
 from brainbench.data.cache import PreprocessedCache
 from brainbench.data.datamodule import BrainSegmentationDataModule
-from brainbench.data.io import load_label, save_volume
+from brainbench.data.io import save_volume
 from brainbench.evaluation.evaluate import evaluate_folders, write_metrics_csv
 from brainbench.evaluation.leaderboard import leaderboard_table, print_leaderboard, summary_metrics, to_markdown
 from brainbench.evaluation.plots import overlay_png
 from brainbench.evaluation.protocols import PROTOCOLS
 from brainbench.tracking.mlflow import ensure_experiment, flatten, git_commit, runs_frame
+from brainbench.training.phases import GradeSubset, Phase
 from brainbench.training.task import SegmentationTask
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,13 @@ def prepare_data_root(data_cfg: DictConfig) -> Path:
 
 
 def train(cfg: DictConfig) -> float:
-    """Run ``cfg`` end to end; return the mean WT Dice on the test cases (the sweep objective)."""
+    """Run ``cfg`` end to end; return the test mean Dice of the edition's first region (the sweep objective)."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
     adapter: ChallengeAdapter = instantiate(cfg.challenge.adapter)
+    if cfg.model.get("grade"):
+        adapter = GradeSubset(adapter, cfg.model.grade)
     edition = adapter.edition
     root = prepare_data_root(cfg.data)
 
@@ -58,28 +61,42 @@ def train(cfg: DictConfig) -> float:
         extractor=instantiate(cfg.model.segments), seed=cfg.seed,
     )
     datamodule.setup()  # validate and cache every case before a run is opened in MLflow
-    task = SegmentationTask(net, optimizer=instantiate(cfg.model.optimizer),
-                            scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
-                            l1=cfg.model.l1, l2=cfg.model.l2, foreground_classes=range(1, edition.n_classes))
+    phases = ([instantiate(phase, name=name) for name, phase in cfg.model.phases.items()]
+              if cfg.model.get("phases") else [Phase()])
 
     tags = {"challenge": edition.challenge, "edition": edition.name, "model": cfg.model.name,
-            "seed": str(cfg.seed), "data_source": cfg.data.source, "git_commit": git_commit()}
+            "seed": str(cfg.seed), "data_source": cfg.data.source, "git_commit": git_commit(),
+            **({"grade": cfg.model.grade} if cfg.model.get("grade") else {})}
     ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name)
     logger = MLFlowLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=cfg.logger.tracking_uri,
                           run_name=cfg.run_name, tags=tags, log_model=False)
     logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer, logger=logger, default_root_dir=str(output_dir),
-        callbacks=[ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0)],
-    )
     client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
     try:
-        trainer.fit(task, datamodule=datamodule)
-        summary = _evaluate_and_log(cfg, task.net, datamodule, adapter, root, output_dir, client, logger.run_id)
+        for phase in phases:
+            _fit_phase(cfg, phase, net, datamodule, logger, output_dir, edition.n_classes)
+        summary = _evaluate_and_log(cfg, net, datamodule, adapter, root, output_dir, client, logger.run_id)
     except BaseException:
         client.set_terminated(logger.run_id, "FAILED")
         raise
-    return summary.get("test/WT/dice/mean", float("nan"))
+    return summary.get(f"test/{next(iter(edition.regions))}/dice/mean", float("nan"))
+
+
+def _fit_phase(cfg: DictConfig, phase: Phase, net, datamodule, logger: MLFlowLogger, output_dir: Path,
+               n_classes: int) -> None:
+    """One fit: a fresh task, optimiser, callbacks and trainer; a named phase prefixes its metrics."""
+    task = SegmentationTask(phase.prepare(net, datamodule), optimizer=instantiate(cfg.model.optimizer),
+                            scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
+                            l1=cfg.model.l1, l2=cfg.model.l2, foreground_classes=range(1, n_classes))
+    if phase.name:
+        logger = MLFlowLogger(tracking_uri=cfg.logger.tracking_uri, run_id=logger.run_id, prefix=phase.name,
+                              log_model=False)
+    callbacks = [ModelCheckpoint(dirpath=output_dir / "checkpoints" / phase.name, save_last=True, save_top_k=0),
+                 *(instantiate(callback) for callback in (cfg.model.get("callbacks") or {}).values())]
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, default_root_dir=str(output_dir),
+                                      callbacks=callbacks,
+                                      **({"max_epochs": phase.max_epochs} if phase.max_epochs else {}))
+    trainer.fit(task, datamodule=datamodule)
 
 
 def _evaluate_and_log(cfg, net, datamodule, adapter, root, output_dir, client, run_id) -> dict[str, float]:
@@ -89,9 +106,14 @@ def _evaluate_and_log(cfg, net, datamodule, adapter, root, output_dir, client, r
     net.eval()
     started = time.perf_counter()
     predict = instantiate(cfg.model.inference)
+    postprocess = instantiate(cfg.model.postprocess) if cfg.model.get("postprocess") else None
+    array_grid_predictions = []
     for case, pre in test_cases:
         probabilities = predict(net, pre.image)
-        labels = edition.decode_labels(probabilities.argmax(0))
+        array_grid_predictions.append(edition.decode_labels(probabilities.argmax(0)))
+        labels = pre.to_case_grid(array_grid_predictions[-1])
+        if postprocess is not None:
+            labels = postprocess(labels, voxel_volume_mm3=pre.grid.voxel_volume_mm3)
         save_volume(labels, pre.grid, pred_dir / adapter.prediction_name(case.case_id), dtype=np.uint8)
     inference_seconds = (time.perf_counter() - started) / max(1, len(test_cases))
 
@@ -108,12 +130,11 @@ def _evaluate_and_log(cfg, net, datamodule, adapter, root, output_dir, client, r
 
     config_yaml = output_dir / "config.yaml"
     config_yaml.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    case, pre = test_cases[0]
-    reference, _ = load_label(case.label)
-    prediction, _ = load_label(pred_dir / adapter.prediction_name(case.case_id))
-    overlay = overlay_png(np.asarray(pre.image[0]), np.isin(reference, edition.regions["WT"]),
-                          np.isin(prediction, edition.regions["WT"]), output_dir / f"overlay_{case.case_id}.png",
-                          title=f"{cfg.run_name} — {case.case_id} ({cfg.data.source} data), whole tumour")
+    case, pre = test_cases[0]  # drawn on the preprocessed (array) grid, where image, label and prediction meet
+    region, labels = next(iter(edition.regions.items()))
+    overlay = overlay_png(np.asarray(pre.image[0]), np.isin(edition.decode_labels(pre.label), labels),
+                          np.isin(array_grid_predictions[0], labels), output_dir / f"overlay_{case.case_id}.png",
+                          title=f"{cfg.run_name} — {case.case_id} ({cfg.data.source} data), region {region}")
 
     table = leaderboard_table(runs_frame(cfg.logger.tracking_uri, cfg.logger.experiment_name), list(edition.regions))
     title = f"Leaderboard — experiment {cfg.logger.experiment_name} ({edition.name}, {edition.protocol} protocol)"

@@ -1,8 +1,10 @@
 """LightningModule for patch/segment-trained segmentation networks (DeepMedic, 2D patch CNNs).
 
 Loss: voxel-wise cross-entropy over every predicted voxel of a segment plus explicit L1/L2
-penalties on convolution weights (spec §3.5). Metrics are logged once per epoch only: each MLflow
-write on SQLite costs milliseconds.
+penalties on the trainable conv/FC weights (spec §3.5, §1.7). Frozen parameters (a phase of
+:mod:`brainbench.training.phases`) are left out of the optimiser, and modules whose parameters are
+all frozen stay in eval mode. Metrics are logged once per epoch only: each MLflow write on SQLite
+costs milliseconds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+WEIGHTED_LAYERS = (nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def layer_weights(module: nn.Module) -> list[nn.Parameter]:
+    """The weights (not biases) of every conv and FC layer of ``module``: what L1/L2 and max-norm bound."""
+    return [m.weight for m in module.modules() if isinstance(m, WEIGHTED_LAYERS)]
+
+
+def frozen_subtrees(module: nn.Module) -> list[nn.Module]:
+    """The largest submodules that have parameters, all of them frozen."""
+    params = list(module.parameters())
+    if params and not any(p.requires_grad for p in params):
+        return [module]
+    return [m for child in module.children() for m in frozen_subtrees(child)]
+
 
 class SegmentationTask(pl.LightningModule):
     """Trains ``net`` on ``(inputs, target)`` batches.
@@ -22,7 +39,7 @@ class SegmentationTask(pl.LightningModule):
         net: module mapping ``*inputs`` to logits ``(N, K, ...)`` matching ``target`` ``(N, ...)``.
         optimizer: partial ``params → Optimizer`` (Hydra ``_partial_: true``).
         scheduler: optional partial ``optimizer → LR scheduler`` stepped once per epoch.
-        l1 / l2: weight penalties on conv weights (spec: 1e-6 / 1e-4).
+        l1 / l2: penalties on trainable conv/FC weights (DeepMedic spec: 1e-6 / 1e-4).
         foreground_classes: class indices counted as "whole tumour" for the per-epoch Dice.
     """
 
@@ -33,19 +50,34 @@ class SegmentationTask(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.l1, self.l2 = l1, l2
         self.foreground_classes = tuple(foreground_classes)
-        self._conv_weights = [m.weight for m in net.modules() if isinstance(m, nn.Conv3d)]
+        self._weights = layer_weights(net)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.net(*inputs)
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            for module in frozen_subtrees(self.net):
+                module.eval()
+        return self
+
     def _penalty(self) -> torch.Tensor:
-        l1 = sum(w.abs().sum() for w in self._conv_weights)
-        l2 = sum(w.pow(2).sum() for w in self._conv_weights)
+        weights = [w for w in self._weights if w.requires_grad]
+        l1 = sum(w.abs().sum() for w in weights)
+        l2 = sum(w.pow(2).sum() for w in weights)
         return self.l1 * l1 + self.l2 * l2
 
-    def training_step(self, batch, batch_idx):
+    def _logits_and_target(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N, K, ...) and the target reshaped to (N, ...): per-patch class targets (0-d)
+        arrive as (N, 1), as ``np.ascontiguousarray`` in the data module returns at least 1-d arrays."""
         inputs, target = batch
-        cross_entropy = F.cross_entropy(self(*inputs), target)
+        logits = self(*inputs)
+        return logits, target.reshape(logits.shape[:1] + logits.shape[2:])
+
+    def training_step(self, batch, batch_idx):
+        logits, target = self._logits_and_target(batch)
+        cross_entropy = F.cross_entropy(logits, target)
         loss = cross_entropy + self._penalty()
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(target))
         self.log("train/cross_entropy", cross_entropy, on_step=False, on_epoch=True, batch_size=len(target))
@@ -55,8 +87,7 @@ class SegmentationTask(pl.LightningModule):
         self._val_counts = torch.zeros(3)
 
     def validation_step(self, batch, batch_idx):
-        inputs, target = batch
-        logits = self(*inputs)
+        logits, target = self._logits_and_target(batch)
         self.log("val/cross_entropy", F.cross_entropy(logits, target), on_step=False, on_epoch=True,
                  batch_size=len(target))
         classes = torch.tensor(self.foreground_classes, device=target.device)
@@ -68,13 +99,16 @@ class SegmentationTask(pl.LightningModule):
         overlap, n_pred, n_ref = self._val_counts.tolist()
         self.log("val/wt_dice_segments", 2 * overlap / (n_pred + n_ref) if n_pred + n_ref else 1.0)
 
+    def on_train_start(self) -> None:
+        self.train()
+
     def on_train_epoch_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "set_epoch"):
             datamodule.set_epoch(self.current_epoch)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),

@@ -44,7 +44,7 @@ def test_zscore_inside_brain_and_label_classes(brats_tree, tmp_path):
     case = adapter.discover(brats_tree)[0]
     entry = PreprocessedCache(tmp_path / "cache", ZScoreInBrain()).load(case, adapter)
     raw, grid = load_volume(case.images["flair"])
-    assert entry.grid.matches(grid)
+    assert entry.grid.matches(grid) and entry.array_grid.matches(grid)
     assert entry.image.shape == (4, *raw.shape) and entry.image.dtype == np.float32
     brain = raw != 0
     np.testing.assert_array_equal(entry.brain, brain)

@@ -1,35 +1,71 @@
-"""Synthetic BraTS-2020-style cases: four skull-stripped MR contrasts and a glioma label map.
+"""Synthetic BraTS cases in the layout and label era of every edition: four MR contrasts and a glioma map.
 
 Synthetic data, for tests and smoke runs without patient data. Each subject is the MNI ICBM152
 2009a template (Fonov et al., NeuroImage 2011; see :mod:`brainbench.data.synth.anatomy`) under its
-own smooth random warp, with a white-matter tumour made of necrotic core (label 1), enhancing rim
-(label 4) and oedema (label 2), the BraTS 2017–2021 label values. Intensities come from tissue
-fractions with textbook relative contrasts, then a multiplicative bias field and Rician noise.
+own smooth random warp (:mod:`brainbench.data.synth.subject`), with a white-matter tumour made of
+necrotic core (label 1), enhancing rim (label 4) and oedema (label 2), the BraTS 2017–2021 label
+values. Intensities come from tissue fractions with textbook relative contrasts, then a
+multiplicative bias field and Rician noise.
 
-Files follow the BraTS 2020 training layout
-``<root>/BraTS20_Training_NNN/BraTS20_Training_NNN_{flair,t1,t1ce,t2,seg}.nii.gz``. Case ``i``
-(0-based, folder number ``i + 1``) is drawn from ``numpy.random.default_rng([seed, i])`` alone, so
-any prefix of a run is reproduced exactly by a shorter or longer run with the same seed and spacing.
+Other editions get the same subject relabelled to their era (challenges.md §2.4): 2012–2016 split
+the solid core into non-enhancing (3) and enhancing (4) parts; 2023 GLI renumbers enhancing 4 → 3.
+Files follow each edition's official layout (§2.2), written by :func:`case_files`:
+
+- ``brats2012``/``brats2013``: ``Image_Data/{HG,LG}/NNNN`` and ``Synthetic_Data/HG/NNNN`` with VSD
+  ``.mha`` objects ``VSD.Brain.XX.O.MR_<mod>/VSD.Brain.XX.O.MR_<mod>.<id>.mha``, ground truth
+  ``VSD.Brain_{3,2}more.XX.XX.OT`` (real) or ``VSD.Brain_1more.XX.O.OT`` plus the extra tissue map
+  ``VSD.Gray_matter_of_neuraxis_5more.XX.O.OT`` (synthetic part), int16.
+- ``brats2015``/``brats2016``: ``{HGG,LGG}/brats_2013_patNNNN_1`` or ``brats_tcia_patNNN_MMMM`` with
+  ``VSD.Brain.XX.O.MR_<mod>.<id>/<same>.mha``; LGG ground truth is ``Brain_2more``; every fourth case
+  uses the later ``SMIR.`` prefix.
+- ``brats2017``–``brats2019``: ``{HGG,LGG}/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz``.
+- ``brats2020``: ``BraTS20_Training_NNN/BraTS20_Training_NNN_{flair,t1,t1ce,t2,seg}.nii.gz``.
+- ``brats2021``: ``BraTS2021_NNNNN/…`` with even (non-contiguous) ids.
+- ``brats2023_gli``: ``BraTS-GLI-NNNNN-000/BraTS-GLI-NNNNN-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``.
+
+Case ``i`` (0-based) is drawn from ``numpy.random.default_rng([seed, i])`` alone (its era relabelling
+from ``[seed, i, 1]``), so any prefix of a run is reproduced exactly by a shorter or longer run with
+the same seed and spacing.
 """
 
 from __future__ import annotations
 
-import json
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from brainbench.data.io import Grid, save_volume, write_atomic
-from brainbench.data.synth.anatomy import TemplateAnatomy, template_tissues
-from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
+from brainbench.challenges.brats import EDITIONS, GRADED_EDITIONS, NAME_SEPARATOR, VSD_CHANNELS, VSD_ERA
+from brainbench.data.io import Grid, save_volume
+from brainbench.data.synth.anatomy import template_tissues
+from brainbench.data.synth.subject import METADATA_FILE  # noqa: F401 — re-exported for callers
+from brainbench.data.synth.subject import SynthConfig as SynthBratsConfig
+from brainbench.data.synth.subject import (
+    ellipsoid_radius,
+    lesion_box,
+    lowest,
+    prepare_root,
+    random_rotation,
+    render,
+    smooth_field,
+    subject_tissues,
+)
+from brainbench.errors import BrainbenchConfigError
 
 GENERATOR = "brainbench.synth.brats"
-METADATA_FILE = "brainbench_synthetic.json"
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 FILE_KEYS = (*MODALITIES, "seg")
+SYNTH_CHANNEL = {"t1c": "t1ce", "t1n": "t1", "t2w": "t2", "t2f": "flair"}
+"""Synthesized contrast behind each modality name of the other eras (2012–2016 ``t1c``, 2023 GLI)."""
+REAL_DATA_GLOBS = {
+    **{e: "*_Data" for e in ("brats2012", "brats2013")},
+    **{e: "?GG" for e in ("brats2015", "brats2016", "brats2017", "brats2018", "brats2019")},
+    "brats2020": "BraTS20_Training_*",
+    "brats2021": "BraTS2021_*",
+    "brats2023_gli": "BraTS-GLI-*",
+}
+"""Entries at the root of a real release, whose presence without a generator record means real data."""
 LABELS = {"necrosis": 1, "oedema": 2, "enhancing": 4}
 
 CLASSES = ("csf", "gm", "wm", "necrosis", "enhancing", "oedema")
@@ -43,37 +79,10 @@ CONTRASTS = {
 T2 CSF > GM > WM, FLAIR GM > WM with CSF suppressed; oedema bright on T2/FLAIR, enhancing rim bright
 on T1ce, necrosis dark on T1/T1ce and bright on T2."""
 
-WARP_STD_MM = 2.0
-"""Standard deviation of each displacement component of the per-subject warp."""
-WARP_SCALE_MM = 30.0
-BIAS_STD = 0.12
-"""Standard deviation of the log bias field (about ±25 % across the brain)."""
-BIAS_SCALE_MM = 70.0
 WT_VOLUME_ML = (30.0, 120.0)
 """Whole-tumour volume range sampled log-uniformly; BraTS whole tumours span roughly 20–150 ml."""
 MIN_TUMOUR_Z_MM = -5.0
 """Tumour centres lie above this MNI z (supratentorial), where most adult gliomas grow."""
-
-
-@dataclass(frozen=True)
-class SynthBratsConfig:
-    """How many cases to synthesize, on which isotropic grid (mm), from which seed (≥ 0)."""
-
-    n_cases: int = 12
-    spacing_mm: float = 2.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not _is_integer(self.n_cases) or not 1 <= self.n_cases <= 999:
-            raise BrainbenchConfigError(
-                f"n_cases must be an integer in 1–999 (3-digit case ids), got {self.n_cases!r}"
-            )
-        if not _is_integer(self.seed) or self.seed < 0:
-            raise BrainbenchConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if isinstance(self.spacing_mm, bool) or not isinstance(self.spacing_mm, numbers.Real):
-            raise BrainbenchConfigError(f"spacing_mm must be a number, got {self.spacing_mm!r}")
-        if not 1.0 <= float(self.spacing_mm) <= 4.0:
-            raise BrainbenchConfigError(f"spacing_mm must be within 1–4 mm, got {self.spacing_mm!r}")
 
 
 @dataclass(frozen=True)
@@ -94,48 +103,60 @@ class SynthCase:
     grid: Grid
 
 
-def case_id(index: int) -> str:
-    """BraTS 2020 training id of the 0-based case ``index``: ``BraTS20_Training_001`` for 0."""
-    return f"BraTS20_Training_{index + 1:03d}"
+def case_id(index: int, edition: str = "brats2020") -> str:
+    """Case id the adapter gives the 0-based case ``index`` of ``edition``: ``BraTS20_Training_001`` for 0
+    (the folder name; BRATS-2's path below the root, e.g. ``Image_Data_HG_0001``)."""
+    if edition in VSD_ERA:
+        folder = _vsd_case_folder(index, edition)
+        return folder.replace("/", "_") if edition in ("brats2012", "brats2013") else folder.split("/")[-1]
+    if edition in GRADED_EDITIONS:
+        prefix = {"brats2017": "Brats17", "brats2018": "Brats18", "brats2019": "BraTS19"}[edition]
+        return f"{prefix}_TCIA_{100 + index:03d}_1" if _grade(index) == "LGG" else f"{prefix}_2013_{index + 2}_1"
+    return {
+        "brats2020": f"BraTS20_Training_{index + 1:03d}",
+        "brats2021": f"BraTS2021_{2 * index:05d}",
+        "brats2023_gli": f"BraTS-GLI-{2 * index:05d}-000",
+    }[edition]
 
 
-def case_files(root: str | Path, index: int) -> dict[str, Path]:
-    """The five file paths of case ``index`` under ``root``, keyed by modality and ``seg``."""
-    name = case_id(index)
-    return {key: Path(root) / name / f"{name}_{key}.nii.gz" for key in FILE_KEYS}
+def case_files(root: str | Path, index: int, edition: str = "brats2020") -> dict[str, Path]:
+    """The file paths of case ``index`` under ``root``, keyed by ``edition``'s modalities and ``seg``
+    (plus ``tissue`` for the synthetic part of BRATS 2012/2013)."""
+    root = Path(root)
+    keys = (*EDITIONS[edition].modalities, "seg")
+    if edition in VSD_ERA:
+        return _vsd_files(root / _vsd_case_folder(index, edition), index, edition)
+    name = case_id(index, edition)
+    folder = root / (_grade(index) if edition in GRADED_EDITIONS else "") / name
+    separator = NAME_SEPARATOR.get(edition, "_")
+    return {key: folder / f"{name}{separator}{key}.nii.gz" for key in keys}
 
 
 def synthesize_brats(
-    root: str | Path, n_cases: int = 12, spacing_mm: float = 2.0, seed: int = 0, overwrite: bool = False
+    root: str | Path,
+    n_cases: int = 12,
+    spacing_mm: float = 2.0,
+    seed: int = 0,
+    overwrite: bool = False,
+    edition: str = "brats2020",
 ) -> list[Path]:
-    """Writes the cases, returns the case folders. Skips a case whose 5 files already exist unless overwrite.
+    """Writes the cases of ``edition``, returns the case folders; skips a case whose files exist unless overwrite.
 
-    Also writes ``brainbench_synthetic.json`` at ``root`` (atomically, before the cases, so that a rerun
-    after a crash recognises the folder). Refuses, unless ``overwrite``, a root whose marker records a
-    different seed or spacing, or that holds BraTS case folders but no marker (likely real data).
+    Also writes ``brainbench_synthetic.json`` at ``root`` first (see :func:`prepare_root`); refuses,
+    unless ``overwrite``, a root holding another run or unrecorded case folders (likely real data).
     """
-    checked = SynthBratsConfig(n_cases=n_cases, spacing_mm=spacing_mm, seed=seed)
-    n_cases, spacing_mm, seed = int(checked.n_cases), float(checked.spacing_mm), int(checked.seed)
+    if edition not in EDITIONS:
+        raise BrainbenchConfigError(f"unknown BraTS edition '{edition}'; choose one of {sorted(EDITIONS)}")
+    config = SynthBratsConfig(n_cases=n_cases, spacing_mm=spacing_mm, seed=seed)
     root = Path(root)
-    if not overwrite:
-        _check_root(root, seed, spacing_mm)
-    metadata = {
-        "generator": GENERATOR,
-        "seed": seed,
-        "spacing_mm": spacing_mm,
-        "n_cases": n_cases,
-        "data_source": "synthetic",
-    }
-    write_atomic(root / METADATA_FILE, lambda tmp: tmp.write_text(json.dumps(metadata, indent=2) + "\n"))
+    generator = GENERATOR if edition == "brats2020" else f"{GENERATOR}.{edition}"
+    prepare_root(root, generator, config, overwrite, REAL_DATA_GLOBS[edition])
     folders = []
-    for index in range(n_cases):
-        files = case_files(root, index)
+    for index in range(int(n_cases)):
+        files = case_files(root, index, edition)
         if overwrite or not all(path.is_file() for path in files.values()):
-            case = synthesize_case(seed, index, spacing_mm)
-            for modality in MODALITIES:
-                save_volume(case.images[modality], case.grid, files[modality], dtype=np.float32)
-            save_volume(case.seg, case.grid, files["seg"], dtype=np.uint8)
-        folders.append(files["seg"].parent)
+            _write_case(synthesize_case(int(seed), index, float(spacing_mm)), files, edition, int(seed), index)
+        folders.append(files["seg"].parent.parent if edition in VSD_ERA else files["seg"].parent)
     return folders
 
 
@@ -143,90 +164,73 @@ def synthesize_case(seed: int, index: int, spacing_mm: float = 2.0) -> SynthCase
     """Build case ``index`` (0-based) of the run ``seed`` in memory; depends on nothing else."""
     anatomy = template_tissues(float(spacing_mm))
     rng = np.random.default_rng([seed, index])
-    gm, wm, csf = _warp_tissues(anatomy, rng)
-    brain_mask = (gm + wm + csf) > 0.5
-    gm, wm, csf = (np.where(brain_mask, t, 0.0).astype(np.float32) for t in (gm, wm, csf))
+    gm, wm, csf, brain_mask = subject_tissues(anatomy, rng)
     seg = _grow_tumour(rng, gm, wm, csf, brain_mask, anatomy.grid)
     images = _render(rng, gm, wm, csf, seg, brain_mask, anatomy.grid.spacing[0])
     return SynthCase(images=images, seg=seg, gm=gm, wm=wm, csf=csf, brain_mask=brain_mask, grid=anatomy.grid)
 
 
-def _is_integer(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def era_labels(seg: np.ndarray, edition: str, seed: int, index: int, spacing_mm: float) -> np.ndarray:
+    """``seg`` (2017–2021 values 0/1/2/4) in ``edition``'s label era (challenges.md §2.4).
 
-
-def _check_root(root: Path, seed: int, spacing_mm: float) -> None:
-    """Raise when writing cases of ``seed`` and ``spacing_mm`` to ``root`` would mix them with other data."""
-    marker = root / METADATA_FILE
-    if marker.is_file():
-        try:
-            previous = json.loads(marker.read_text())
-        except (OSError, ValueError) as error:
-            raise BrainbenchDataError(marker, f"unreadable generator record ({error})") from None
-        if not isinstance(previous, dict):
-            raise BrainbenchDataError(marker, "generator record is not a JSON object")
-        recorded = (previous.get("generator"), previous.get("seed"), previous.get("spacing_mm"))
-        if recorded != (GENERATOR, seed, spacing_mm):
-            raise BrainbenchDataError(
-                root,
-                f"holds synthetic cases with generator/seed/spacing {recorded}, not "
-                f"{(GENERATOR, seed, spacing_mm)}; use another folder or overwrite=True",
-            )
-    elif root.is_dir() and any(root.glob("BraTS20_Training_*")):
-        raise BrainbenchDataError(
-            root, f"holds BraTS case folders but no {METADATA_FILE}; refusing to mix in synthetic cases"
-        )
-
-
-def _smooth_field(
-    rng: np.random.Generator, shape: tuple[int, ...], spacing_mm: float, scale_mm: float
-) -> np.ndarray:
-    """Random field of unit standard deviation varying over about ``scale_mm`` (mm), shape ``shape``.
-
-    Gaussian bumps on a lattice every ``scale_mm``, summed axis by axis (three small matrix products),
-    which is far cheaper than filtering white noise at full resolution.
+    2012–2016: the part of the enhancing core where a smooth random field is high becomes
+    non-enhancing tumour (3), about a third of it; 2023 GLI: enhancing 4 → 3; otherwise unchanged.
     """
-    lattice = tuple(int(np.ceil(n * spacing_mm / scale_mm)) + 3 for n in shape)
-    field = rng.standard_normal(lattice, dtype=np.float32)
-    for axis, n in enumerate(shape):
-        knots = (np.arange(lattice[axis], dtype=np.float32) - 1.0) * scale_mm
-        positions = np.arange(n, dtype=np.float32) * spacing_mm
-        basis = np.exp(-0.5 * ((positions[:, None] - knots[None, :]) / scale_mm) ** 2)
-        field = np.moveaxis(np.tensordot(basis, field, axes=(1, axis)), 0, axis)
-    field -= field.mean()
-    return field / field.std()
+    values = EDITIONS[edition].label_values
+    if 3 in values and 4 in values:
+        field = smooth_field(np.random.default_rng([seed, index, 1]), seg.shape, spacing_mm, 8.0)
+        return np.where((seg == LABELS["enhancing"]) & (field > 0.4), 3, seg).astype(seg.dtype)
+    if 4 not in values:
+        return np.where(seg == LABELS["enhancing"], 3, seg).astype(seg.dtype)
+    return seg
 
 
-def _warp_tissues(anatomy: TemplateAnatomy, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Template GM, WM and CSF fractions pulled through a random per-axis scaling (±6 %) about the
-    brain centre plus a smooth displacement of a few mm, as a stand-in for inter-subject anatomy."""
-    shape, spacing = anatomy.grid.shape, anatomy.grid.spacing[0]
-    centre = np.array(ndimage.center_of_mass(anatomy.brain_mask))
-    scale = rng.uniform(0.94, 1.06, size=3)
-    coords = np.empty((3, *shape), dtype=np.float32)
-    for axis in range(3):
-        ramp = (np.arange(shape[axis], dtype=np.float32) - centre[axis]) / scale[axis] + centre[axis]
-        view = [1, 1, 1]
-        view[axis] = shape[axis]
-        displacement = _smooth_field(rng, shape, spacing, WARP_SCALE_MM) * (WARP_STD_MM / spacing)
-        coords[axis] = ramp.reshape(view) + displacement
-    return tuple(
-        ndimage.map_coordinates(tissue, coords, order=1, mode="constant", cval=0.0, prefilter=False)
-        for tissue in (anatomy.gm, anatomy.wm, anatomy.csf)
-    )
+def _write_case(case: SynthCase, files: dict[str, Path], edition: str, seed: int, index: int) -> None:
+    """Save ``case`` under ``files``: VSD eras as int16 ``.mha`` (as released), later ones as NIfTI."""
+    image_dtype, label_dtype = (np.int16, np.int16) if edition in VSD_ERA else (np.float32, np.uint8)
+    for modality in EDITIONS[edition].modalities:
+        image = case.images[SYNTH_CHANNEL.get(modality, modality)]
+        save_volume(np.round(image) if image_dtype == np.int16 else image, case.grid, files[modality], image_dtype)
+    seg = era_labels(case.seg, edition, seed, index, case.grid.spacing[0])
+    save_volume(seg, case.grid, files["seg"], dtype=label_dtype)
+    if "tissue" in files:
+        tissue = np.argmax(np.stack([case.csf, case.gm, case.wm]), axis=0) + 1
+        save_volume(np.where(case.brain_mask, tissue, 0), case.grid, files["tissue"], dtype=np.int16)
 
 
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random 3×3 rotation (QR of a Gaussian matrix with the sign fixed)."""
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    q *= np.sign(np.diag(r))
-    return q * np.sign(np.linalg.det(q))
+def _vsd_case_folder(index: int, edition: str) -> str:
+    """Relative case folder of a VSD-era case: BRATS-2 groups for 2012/2013, HGG/LGG patients for 2015/2016."""
+    if edition in ("brats2012", "brats2013"):
+        group = ("Image_Data/HG", "Image_Data/LG", "Synthetic_Data/HG")[index % 3]
+        return f"{group}/{index // 3 + 1:04d}"
+    name = f"brats_2013_pat{index + 1:04d}_1" if index % 2 == 0 else f"brats_tcia_pat{100 + index:03d}_{7 * index:04d}"
+    return f"{_grade(index)}/{name}"
 
 
-def _ellipsoid_radius(offsets_mm: np.ndarray, rotation: np.ndarray, semi_axes_mm: np.ndarray) -> np.ndarray:
-    """Normalised ellipsoid radius (1 on the surface) at ``offsets_mm`` (3, ...) from its centre."""
-    local = np.tensordot(rotation.T, offsets_mm, axes=1)
-    return np.sqrt(sum((local[k] / semi_axes_mm[k]) ** 2 for k in range(3)))
+def _grade(index: int) -> str:
+    """Every third case (index 1, 4, 7, …) is low grade, so that small runs hold both grades."""
+    return "LGG" if index % 3 == 1 else "HGG"
+
+
+def _vsd_files(folder: Path, index: int, edition: str) -> dict[str, Path]:
+    """VSD object paths of one case: one sub-folder per object, holding ``<object>.<id>.mha``."""
+    first_id = 54512 + 10 * index
+    if edition in ("brats2012", "brats2013"):
+        synthetic = index % 3 == 2
+        truth = "VSD.Brain_1more.XX.O.OT" if synthetic else f"VSD.Brain_{2 if index % 3 == 1 else 3}more.XX.XX.OT"
+        objects = {m: f"VSD.Brain.XX.O.{VSD_CHANNELS[m]}" for m in EDITIONS[edition].modalities}
+        objects["seg"] = truth
+        if synthetic:
+            objects["tissue"] = "VSD.Gray_matter_of_neuraxis_5more.XX.O.OT"
+        return {key: folder / name / f"{name}.{first_id + k}.mha" for k, (key, name) in enumerate(objects.items())}
+    prefix = "SMIR" if index % 4 == 3 else "VSD"
+    names = {m: f"{prefix}.Brain.XX.O.{VSD_CHANNELS[m]}" for m in EDITIONS[edition].modalities}
+    names["seg"] = f"{prefix}.Brain_{2 if _grade(index) == 'LGG' else 3}more.XX.O.OT"
+    paths = {}
+    for k, (key, name) in enumerate(names.items()):
+        stem = f"{name}.{first_id + k}"
+        paths[key] = folder / stem / f"{stem}.mha"
+    return paths
 
 
 def _grow_tumour(
@@ -264,32 +268,26 @@ def _grow_tumour(
     flat = np.flatnonzero(candidates)
     centre = np.array(np.unravel_index(flat[rng.integers(flat.size)], grid.shape))
 
-    half = int(np.ceil(2.0 * radius_mm * aniso.max() / spacing))
-    lo = np.maximum(centre - half, 0)
-    hi = np.minimum(centre + half + 1, grid.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    box_shape = tuple(int(b - a) for a, b in zip(lo, hi))
-    offsets = np.stack(np.meshgrid(*(np.arange(a, b) - c for a, b, c in zip(lo, hi, centre)), indexing="ij"))
-    offsets = offsets.astype(np.float32) * spacing
+    box, box_shape, offsets = lesion_box(centre, int(np.ceil(2.0 * radius_mm * aniso.max() / spacing)), grid)
 
-    rotation = _random_rotation(rng)
-    lobes = _smooth_field(rng, box_shape, spacing, rng.uniform(6.0, 12.0))
-    rim = _smooth_field(rng, box_shape, spacing, 5.0)
-    spread = _smooth_field(rng, box_shape, spacing, 10.0)
+    rotation = random_rotation(rng)
+    lobes = smooth_field(rng, box_shape, spacing, rng.uniform(6.0, 12.0))
+    rim = smooth_field(rng, box_shape, spacing, 5.0)
+    spread = smooth_field(rng, box_shape, spacing, 10.0)
     shift_mm = rng.normal(0.0, 0.15 * radius_mm, size=(3, 1, 1, 1)).astype(np.float32)
 
-    core_radius = _ellipsoid_radius(offsets, rotation, core_ratio * radius_mm * aniso) * np.exp(0.2 * lobes)
+    core_radius = ellipsoid_radius(offsets, rotation, core_ratio * radius_mm * aniso) * np.exp(0.2 * lobes)
     oedema_radius = (
-        _ellipsoid_radius(offsets - shift_mm, rotation, radius_mm * aniso)
+        ellipsoid_radius(offsets - shift_mm, rotation, radius_mm * aniso)
         * np.exp(0.3 * spread)
         * (1.0 + 0.6 * gm[box])
     )
     inside = brain_mask[box]
     core = (core_radius < 1.0) & inside
     necrosis_count = int(round(necrosis_fraction * core.sum()))
-    necrosis = _lowest(core_radius * np.exp(0.12 * rim), ndimage.binary_erosion(core), necrosis_count)
+    necrosis = lowest(core_radius * np.exp(0.12 * rim), ndimage.binary_erosion(core), necrosis_count)
     oedema_count = int(round(wt_ml / voxel_ml)) - int(core.sum())
-    oedema = _lowest(oedema_radius, inside & (csf[box] < 0.5) & ~core, oedema_count)
+    oedema = lowest(oedema_radius, inside & (csf[box] < 0.5) & ~core, oedema_count)
     oedema |= ndimage.binary_dilation(core) & inside & ~core
     components, _ = ndimage.label(oedema | core)
     oedema &= np.isin(components, np.unique(components[core]))
@@ -300,15 +298,6 @@ def _grow_tumour(
     local[core] = LABELS["enhancing"]
     local[necrosis] = LABELS["necrosis"]
     return seg
-
-
-def _lowest(values: np.ndarray, mask: np.ndarray, count: int) -> np.ndarray:
-    """Boolean mask of the (at least one, at most all) ``mask`` voxels with the lowest ``values``."""
-    candidates = values[mask]
-    if candidates.size == 0:
-        return mask.copy()
-    rank = min(max(count, 1), candidates.size) - 1
-    return mask & (values <= np.partition(candidates, rank)[rank])
 
 
 def _render(
@@ -322,28 +311,12 @@ def _render(
 ) -> dict[str, np.ndarray]:
     """The four contrasts (float32, 0 outside the brain) from tissue fractions and the tumour labels.
 
-    Tumour compartments replace healthy tissue with a half-voxel partial-volume blur. Per case, each
-    contrast gets its own overall gain, ±4 % jitter per class, a smooth bias field and Rician noise
-    (magnitude of complex Gaussian noise, 1.5–4 % of the brightest healthy tissue); tumour signal
-    also varies by about ±8 % over a few mm, as real tumours are not uniform.
+    Tumour compartments replace healthy tissue with a half-voxel partial-volume blur; see
+    :func:`~brainbench.data.synth.subject.render` for gain, bias and noise.
     """
     tumour = [
         ndimage.gaussian_filter((seg == LABELS[name]).astype(np.float32), sigma=0.5) for name in CLASSES[3:]
     ]
     healthy = np.clip(1.0 - sum(tumour), 0.0, 1.0)
     fractions = [csf * healthy, gm * healthy, wm * healthy, *tumour]
-    texture = 1.0 + 0.08 * _smooth_field(rng, seg.shape, spacing_mm, 4.0)
-    noise_fraction = rng.uniform(0.015, 0.04)
-    images = {}
-    for modality in MODALITIES:
-        gain = rng.uniform(0.7, 1.3)
-        jitter = rng.uniform(0.96, 1.04, size=len(CLASSES))
-        means = (np.array(CONTRASTS[modality]) * gain * jitter).astype(np.float32)
-        signal = sum(m * f for m, f in zip(means[:3], fractions[:3]))
-        signal = signal + texture * sum(m * f for m, f in zip(means[3:], fractions[3:]))
-        signal *= np.exp(BIAS_STD * _smooth_field(rng, seg.shape, spacing_mm, BIAS_SCALE_MM))
-        sigma = noise_fraction * means[:3].max()
-        real = signal + sigma * rng.standard_normal(seg.shape, dtype=np.float32)
-        imaginary = sigma * rng.standard_normal(seg.shape, dtype=np.float32)
-        images[modality] = np.where(brain_mask, np.hypot(real, imaginary), 0.0).astype(np.float32)
-    return images
+    return render(rng, fractions, {m: CONTRASTS[m] for m in MODALITIES}, 3, brain_mask, spacing_mm)

@@ -1,0 +1,136 @@
+"""NeoBrainS12 (MICCAI 2012, UMC Utrecht): neonatal brain-tissue segmentation, three image sets.
+
+Each image set is its own edition, since results are ranked per set (../shared/specs/challenges.md §7,
+[V] S-71): ``neobrains12_axial40`` (40 weeks, axial, 512×512×50 at 0.35×0.35×2 mm),
+``neobrains12_coronal30`` (30 weeks, coronal, 384×384×50 at 0.34×0.34×2 mm) and ``neobrains12_coronal40``
+(40 weeks, coronal; its parameters were not found, the 30-week coronal geometry is assumed for
+synthetic data and no nominal spacing is declared). Channels T1 and T2.
+
+Labels 1 cortical GM, 2 basal ganglia and thalami, 3 unmyelinated WM, 4 myelinated WM, 5 brainstem,
+6 cerebellum, 7 ventricles, 8 extracerebral CSF ([V] class list; that these are the *values* in
+``manualSegm`` is [I]). The merged classes are regions: ``WM`` = 3 + 4, ``CSF`` = 7 + 8.
+
+The layout is **low-confidence** ([P] S-72, third-party loaders, possibly a user re-organisation); the
+adapter accepts every variant the spec lists:
+
+- training: ``<root>/{40wAxial,30wCoronal,40wCoronal}/<example>/{T1,T2,manualSegm}.nii.gz``, with T1/T2
+  also accepted as ``T1_<anything>`` / ``T2_<anything>`` (``T2_1-1.nii.gz``, ``T1_1-2.nii.gz``);
+  ``40wCoronal`` is inferred by analogy; ``<root>`` may also be the set folder itself;
+- test: ``<root>/{scans_axial_40,scans_cor_30,scans_cor_40}/set<k>_<id>_{t1,t2}.nii.gz`` (no labels),
+  case id ``set<k>_<id>``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from brainbench.challenges.base import Case, ChallengeAdapter, Edition
+from brainbench.challenges.msseg import find_volume, read_channels, select_channels
+from brainbench.data.io import VOLUME_SUFFIXES, strip_nifti_suffix
+from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
+
+NEO_LABELS = {
+    "cortical_gm": 1, "basal_ganglia_thalami": 2, "unmyelinated_wm": 3, "myelinated_wm": 4,
+    "brainstem": 5, "cerebellum": 6, "ventricles": 7, "extracerebral_csf": 8,
+}
+MODALITIES = ("t1", "t2")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """One NeoBrainS12 image set: age (weeks), voxel axes → RAS world axes (coronal: the slice axis
+    is anterior–posterior), release shape and spacing (mm), folder names and test file prefix."""
+
+    weeks: int
+    axes: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    training_folder: str
+    test_folder: str
+    test_prefix: str
+
+
+IMAGE_SETS = {
+    "axial40": ImageSet(40, (0, 1, 2), (512, 512, 50), (0.35, 0.35, 2.0), "40wAxial", "scans_axial_40", "set1"),
+    "coronal30": ImageSet(30, (0, 2, 1), (384, 384, 50), (0.34, 0.34, 2.0), "30wCoronal", "scans_cor_30", "set2"),
+    "coronal40": ImageSet(40, (0, 2, 1), (384, 384, 50), (0.34, 0.34, 2.0), "40wCoronal", "scans_cor_40", "set3"),
+}
+DECLARED_SPACING = {"axial40": (0.35, 0.35, 2.0), "coronal30": (0.34, 0.34, 2.0), "coronal40": None}
+
+EDITIONS: dict[str, Edition] = {
+    f"neobrains12_{name}": Edition(
+        name=f"neobrains12_{name}", challenge="neobrains", modalities=MODALITIES,
+        label_values=tuple(range(9)),
+        regions={**{key: (value,) for key, value in NEO_LABELS.items()}, "WM": (3, 4), "CSF": (7, 8)},
+        protocol="neobrains12", source="challenges.md §7 (neobrains12.isi.uu.nl S-70/S-71; loaders S-72)",
+        spacing_mm=DECLARED_SPACING[name],
+    )
+    for name in IMAGE_SETS
+}
+
+
+class NeoBrainSAdapter(ChallengeAdapter):
+    """Reads one NeoBrainS12 image set (training examples and/or test scans)."""
+
+    def __init__(self, edition: str = "neobrains12_axial40", modalities=None, require_labels: bool = True):
+        if edition not in EDITIONS:
+            raise BrainbenchConfigError(f"unknown NeoBrainS12 edition '{edition}'; choose one of {sorted(EDITIONS)}")
+        self.edition = select_channels(EDITIONS[edition], modalities, MODALITIES)
+        self.image_set = IMAGE_SETS[edition.removeprefix("neobrains12_")]
+        self.require_labels = require_labels
+
+    def discover(self, root: str | Path) -> list[Case]:
+        root = Path(root)
+        if not root.is_dir():
+            raise BrainbenchDataError(root, "data folder not found")
+        image_set = self.image_set
+        training = root if root.name == image_set.training_folder else root / image_set.training_folder
+        test = root if root.name == image_set.test_folder else root / image_set.test_folder
+        cases = []
+        if training.is_dir():
+            cases += [self._training_case(f) for f in sorted(training.iterdir()) if f.is_dir() and _variant(f, "T1")]
+        if test.is_dir():
+            cases += self._test_cases(test)
+        if not cases:
+            raise BrainbenchDataError(
+                root, f"no {self.edition.name} cases found (expected {image_set.training_folder}/<example>/T1.nii.gz "
+                f"or {image_set.test_folder}/{image_set.test_prefix}_<id>_t1.nii.gz)")
+        for case in cases:
+            if case.label is None and self.require_labels:
+                raise BrainbenchDataError(case.meta["folder"], f"missing label map of case {case.case_id}")
+        return sorted(cases, key=lambda case: case.case_id)
+
+    def _training_case(self, folder: Path) -> Case:
+        images = {}
+        for modality in self.edition.modalities:
+            path = _variant(folder, modality.upper())
+            if path is None:
+                raise BrainbenchDataError(
+                    folder / f"{modality.upper()}.nii.gz", f"missing {modality} channel of case {folder.name}"
+                )
+            images[modality] = path
+        return Case(case_id=folder.name, images=images, label=find_volume(folder, "manualSegm"),
+                    meta={"folder": str(folder), "weeks": self.image_set.weeks})
+
+    def _test_cases(self, folder: Path) -> list[Case]:
+        pattern = re.compile(rf"({re.escape(self.image_set.test_prefix)}_.+)_t1")
+        cases = []
+        for path in sorted(folder.iterdir()):
+            match = pattern.fullmatch(strip_nifti_suffix(path.name))
+            if match:
+                case_id = match.group(1)
+                stems = {m: f"{case_id}_{m}" for m in MODALITIES}
+                images = read_channels(folder, stems, self.edition.modalities, case_id)
+                meta = {"folder": str(folder), "weeks": self.image_set.weeks}
+                cases.append(Case(case_id=case_id, images=images, meta=meta))
+        return cases
+
+
+def _variant(folder: Path, token: str) -> Path | None:
+    """``<token>.<suffix>``, else the first ``<token>_*.<suffix>`` in ``folder`` (e.g. ``T2_1-1.nii.gz``)."""
+    exact = find_volume(folder, token)
+    if exact is not None:
+        return exact
+    return next((p for p in sorted(folder.glob(f"{token}_*")) if p.name.lower().endswith(VOLUME_SUFFIXES)), None)

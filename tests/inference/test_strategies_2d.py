@@ -1,0 +1,177 @@
+"""2D whole-volume strategies: dense equals patch-wise, brain-box restriction, the approximate FCN."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+from brainbench.errors import BrainbenchConfigError
+from brainbench.inference.patchwise import (
+    brain_region,
+    dense,
+    fcn_approximate,
+    measure_disagreement,
+    patchwise,
+)
+from brainbench.models.havaei import InputCascadeCNN, LocalCascadeCNN, MFCascadeCNN, TwoPathCNN
+from brainbench.models.pereira import PereiraCNN
+
+TOL = 1e-5
+TINY_HAVAEI = dict(local_maps=(3, 4), global_maps=5)
+TINY_PEREIRA = dict(block_maps=(6, 8), fc_units=(8, 8))
+
+
+def randomised(model: nn.Module, seed: int = 0, gain: float = 1.0, bias: float = 0.5) -> nn.Module:
+    """Weights of std gain/sqrt(fan-in), biases of std ``bias``: logits of a few units.
+
+    The models' own U(±0.005) initialisation gives near-uniform probabilities, which would make
+    any strategy look equal to the reference.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.copy_(gain * torch.randn(m.weight.shape, generator=gen)
+                               / m.weight[0].numel() ** 0.5)
+                m.bias.copy_(bias * torch.randn(m.bias.shape, generator=gen))
+    return model
+
+
+def pereira() -> PereiraCNN:
+    """Tiny Pereira; the LReLU halves the signal per layer, which the gain makes up for."""
+    return randomised(PereiraCNN(**TINY_PEREIRA), gain=1.4, bias=0.1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: on the shared 2-core machine, thread hand-offs cost more than the convs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def assert_informative(probs: np.ndarray) -> None:
+    """Labels and probabilities vary over the brain: an equality test on them can fail."""
+    brain = probs.max(axis=0) < 1
+    assert len(np.unique(probs.argmax(axis=0)[brain])) >= 2
+    assert probs[:, brain].std(axis=1).max() > 0.05
+
+
+@pytest.fixture(scope="module")
+def volume() -> np.ndarray:
+    """(4, 21, 18, 4), zero background in the first three x rows and the last y column."""
+    image = np.random.default_rng(0).normal(size=(4, 21, 18, 4)).astype(np.float32)
+    image[:, :3] = 0
+    image[:, :, -1] = 0
+    return image
+
+
+@pytest.mark.parametrize("cls", [TwoPathCNN, InputCascadeCNN, LocalCascadeCNN, MFCascadeCNN])
+def test_havaei_dense_equals_patchwise(cls, volume):
+    model = randomised(cls(**TINY_HAVAEI))
+    reference = patchwise(model, volume, batch_size=50)
+    fast = dense(model, volume, batch_size=3)
+    assert fast.shape == reference.shape == (5, 21, 18, 4) and fast.dtype == np.float32
+    np.testing.assert_allclose(fast.sum(axis=0), 1.0, atol=TOL)
+    assert_informative(reference)
+    assert np.abs(fast - reference).max() <= TOL
+
+
+def test_havaei_dense_equals_patchwise_full_width():
+    torch.manual_seed(1)
+    model = randomised(TwoPathCNN(), seed=1)
+    image = np.random.default_rng(1).normal(size=(4, 9, 7, 2)).astype(np.float32)
+    reference = patchwise(model, image)
+    assert_informative(reference)
+    assert np.abs(dense(model, image) - reference).max() <= TOL
+
+
+def test_pereira_dense_equals_patchwise(volume):
+    model = pereira()
+    reference = patchwise(model, volume, batch_size=64)
+    assert_informative(reference)
+    assert np.abs(dense(model, volume, batch_size=17) - reference).max() <= TOL
+
+
+@pytest.mark.parametrize("strategy", [patchwise, dense])
+@pytest.mark.parametrize("cls", [TwoPathCNN, PereiraCNN])
+def test_only_the_brain_is_predicted_and_its_box_is_all_the_work(strategy, cls):
+    model = (randomised(TwoPathCNN(**TINY_HAVAEI)) if cls is TwoPathCNN else pereira()).train()
+    image = np.random.default_rng(2).normal(size=(4, 30, 26, 12)).astype(np.float32)
+    brain = np.zeros(image.shape[1:], bool)
+    brain[5:12, 8:20, 3:7] = True
+    brain[6, 9, 3] = False
+    evaluated = []
+    model.register_forward_hook(lambda m, args, out: evaluated.append(args[0].shape))
+    probs = strategy(model, image, brain, batch_size=1000)
+    assert model.training, "the caller's training flag is restored"
+    background = np.zeros(5, np.float32)
+    background[0] = 1
+    assert np.all(probs[:, ~brain] == background[:, None])
+    assert np.all(probs[:, brain].max(axis=0) < 1)
+    if strategy is dense and cls is TwoPathCNN:  # whole slices of the box, with 16-pixel margins
+        assert [s[0] for s in evaluated] == [4] and evaluated[0][2:] == (7 + 32, 12 + 32)
+    else:  # one window per box voxel; Pereira's dense evaluates brain voxels only
+        box_voxels = 7 * 12 * 4 - (strategy is dense)
+        assert sum(s[0] for s in evaluated) == box_voxels
+
+
+def test_brain_defaults_to_nonzero_voxels_and_empty_brain_is_background(volume):
+    brain, box = brain_region(volume)
+    assert box == (slice(3, 21), slice(0, 17), slice(0, 4)) and brain.sum() == 18 * 17 * 4
+    model = TwoPathCNN(**TINY_HAVAEI)
+    probs = dense(model, np.zeros((4, 5, 6, 2), np.float32))
+    assert np.all(probs[0] == 1) and np.all(probs[1:] == 0)
+    with pytest.raises(ValueError, match="brain_mask"):
+        dense(model, volume, np.ones((3, 3, 3), bool))
+    with pytest.raises(ValueError, match="image"):
+        dense(model, volume[:3])
+
+
+def test_strategies_are_selected_by_hydra_target(volume):
+    model = randomised(TwoPathCNN(**TINY_HAVAEI))
+    chosen = instantiate(OmegaConf.create({"_target_": "brainbench.inference.patchwise.dense",
+                                           "_partial_": True, "batch_size": 2}))
+    np.testing.assert_array_equal(chosen(model, volume), dense(model, volume, batch_size=2))
+
+
+def test_fcn_approximate_is_aligned_with_patchwise_where_the_patch_border_sees_nothing():
+    """Bias-free, an isolated blob: every feature at a patch border is 0, so FCN == patch-wise.
+
+    Off by one pixel anywhere in the dilated chain, the blob would move and the test would fail.
+    """
+    model = randomised(PereiraCNN(**TINY_PEREIRA))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.bias.zero_()
+    image = np.zeros((4, 40, 40, 1), np.float32)
+    image[:, 18:21, 19:23] = np.random.default_rng(3).normal(size=(4, 3, 4, 1)) * 3
+    mask = np.zeros(image.shape[1:], bool)
+    mask[14:26, 14:26] = True  # patches centred here have the blob well inside them
+    fast = fcn_approximate(model, image, mask)
+    reference = patchwise(model, image, mask)
+    assert reference[:, mask].std(axis=1).max() > 1e-3
+    assert np.abs(fast - reference).max() <= TOL
+    mask[5:35, 5:35] = True  # the blob near the patch border: its zero padding matters
+    assert np.abs(fcn_approximate(model, image, mask) - patchwise(model, image, mask)).max() > 1e-3
+
+
+def test_fcn_approximate_differs_warns_and_is_for_pereira_only(volume, caplog):
+    model = pereira()
+    with caplog.at_level(logging.WARNING, logger="brainbench.inference.patchwise"):
+        report = measure_disagreement(model, volume, batch_size=8)
+    assert "differ from patch-wise" in caplog.text
+    assert report["brain_voxels"] == 18 * 17 * 4
+    assert report["max_abs_difference"] > 1e-3 and 0 < report["label_disagreement"] < 1
+    exact = measure_disagreement(model, volume, strategy=dense)
+    assert exact["max_abs_difference"] <= TOL and exact["label_disagreement"] == 0
+    with pytest.raises(BrainbenchConfigError, match="fcn_approximate"):
+        fcn_approximate(TwoPathCNN(**TINY_HAVAEI), volume)
