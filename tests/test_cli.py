@@ -32,7 +32,7 @@ def _tree_with(tmp_path, fault: str):
 @pytest.mark.parametrize("fault", ["missing modality", "shape mismatch", "label 3", "unreadable gzip"])
 def test_train_on_bad_data_gives_one_line_and_exit_2(tmp_path, fault):
     root, expected = _tree_with(tmp_path, fault)
-    result = brainbench("train", "data=brats2020", f"data.root={root}", cwd=tmp_path, timeout=300)
+    result = brainbench("train", "data=real", f"data.root={root}", cwd=tmp_path, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr + result.stdout
     errors = [line for line in result.stderr.splitlines() if line.startswith("brainbench: error:")]

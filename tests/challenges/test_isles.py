@@ -145,7 +145,6 @@ def _real_case_grids(case):
     assert int(labels.sum()) == 523
 
 
-@pytest.mark.skipif(not REAL_ISLES22.is_dir(), reason="real ISLES'22 case not available")
 def test_real_isles22_case_as_copied_rawdata_lower_case_flair(tmp_path):
     root = tmp_path / "ISLES-2022"
     root.mkdir()
@@ -159,7 +158,6 @@ def test_real_isles22_case_as_copied_rawdata_lower_case_flair(tmp_path):
     _real_case_grids(cases[0])
 
 
-@pytest.mark.skipif(not REAL_ISLES22.is_dir(), reason="real ISLES'22 case not available")
 def test_real_isles22_case_in_the_released_bids_layout(tmp_path):
     root = tmp_path / "ISLES-2022"
     source = REAL_ISLES22 / "rawdata" / "sub-strokecase0009" / "ses-0001"

@@ -175,3 +175,28 @@ def test_fcn_approximate_differs_warns_and_is_for_pereira_only(volume, caplog):
     assert exact["max_abs_difference"] <= TOL and exact["label_disagreement"] == 0
     with pytest.raises(BrainbenchConfigError, match="fcn_approximate"):
         fcn_approximate(TwoPathCNN(**TINY_HAVAEI), volume)
+
+
+def test_havaei_dense_equals_patchwise_after_training(volume):
+    """Equality holds for trained weights too, not only for random ones (issue 5)."""
+    torch.manual_seed(2)
+    model = TwoPathCNN(**TINY_HAVAEI)
+    labels = np.digitize(volume[0], [-1.0, -0.3, 0.3, 1.0])  # classes 0-4 from channel 0
+    padded = np.pad(volume, ((0, 0), (16, 16), (16, 16), (0, 0)))
+    rng = np.random.default_rng(2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    losses = []
+    for _ in range(80):
+        xs, ys, zs = (rng.integers(0, n, 32) for n in volume.shape[1:])
+        patches = np.stack([padded[:, x : x + 33, y : y + 33, z] for x, y, z in zip(xs, ys, zs)])
+        logits = model(torch.from_numpy(patches))[:, :, 0, 0]
+        loss = nn.functional.cross_entropy(logits, torch.from_numpy(labels[xs, ys, zs]).long())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-10:]) < 0.9 * np.mean(losses[:10])  # it learned something
+    reference = patchwise(model, volume, batch_size=50)
+    assert_informative(reference)
+    assert np.abs(dense(model, volume, batch_size=3) - reference).max() <= TOL

@@ -10,7 +10,6 @@ from the labels (see :func:`class_fractions`).
 from __future__ import annotations
 
 import functools
-import json
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from brainbench.data.io import Grid, write_atomic
+from brainbench.data.io import Grid
 from brainbench.data.synth.anatomy import template_tissues
-from brainbench.data.synth.subject import METADATA_FILE, WARP_SCALE_MM, WARP_STD_MM, smooth_field
-from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
+from brainbench.data.synth.subject import WARP_SCALE_MM, WARP_STD_MM, mark_root, smooth_field
+from brainbench.errors import BrainbenchConfigError
 
 ADULT_LABELS = {
     "cortical_gm": 1, "basal_ganglia": 2, "wm": 3, "wm_lesion": 4,
@@ -187,31 +186,4 @@ def start_run(root: str | Path, generator: str, n_cases: object, seed: object, o
 def needs_writing(paths: Sequence[Path], overwrite: bool) -> bool:
     """True unless every file of a case is already there (and ``overwrite`` is off)."""
     return overwrite or not all(path.is_file() for path in paths)
-
-
-def mark_root(root: Path, record: dict, overwrite: bool, release_marker: str) -> None:
-    """Write the generator record ``brainbench_synthetic.json`` at ``root`` before any case.
-
-    Refuses, unless ``overwrite``, a root whose record differs from ``record`` (other generator,
-    seed or geometry) or that holds ``release_marker`` entries (a glob) but no record: likely real data.
-    """
-    record = json.loads(json.dumps(record))
-    marker = root / METADATA_FILE
-    if not overwrite and marker.is_file():
-        try:
-            previous = json.loads(marker.read_text())
-        except (OSError, ValueError) as error:
-            raise BrainbenchDataError(marker, f"unreadable generator record ({error})") from None
-        kept = {key: previous.get(key) for key in record if key != "n_cases"} if isinstance(previous, dict) else None
-        if kept != {key: value for key, value in record.items() if key != "n_cases"}:
-            raise BrainbenchDataError(
-                root,
-                f"holds synthetic cases recorded as {previous}, not {record}; use another folder or overwrite=True",
-            )
-    elif not overwrite and root.is_dir() and any(root.glob(release_marker)):
-        raise BrainbenchDataError(
-            root, f"holds {release_marker} but no {METADATA_FILE}; refusing to mix in synthetic cases"
-        )
-    payload = json.dumps({**record, "data_source": "synthetic"}, indent=2) + "\n"
-    write_atomic(marker, lambda tmp: tmp.write_text(payload))
 

@@ -54,40 +54,39 @@ class SynthConfig:
 def prepare_root(
     root: Path, generator: str, config: SynthConfig, overwrite: bool, real_data_glob: str
 ) -> None:
-    """Check that ``root`` may receive this run's cases, then record the run in ``brainbench_synthetic.json``.
+    """:func:`mark_root` with the record of a :class:`SynthConfig` run (isotropic spacing)."""
+    record = {"generator": generator, "seed": int(config.seed), "spacing_mm": float(config.spacing_mm),
+              "n_cases": int(config.n_cases)}
+    mark_root(root, record, overwrite, real_data_glob)
 
-    The record is written atomically before any case, so that a rerun after a crash recognises the
-    folder. Refuses, unless ``overwrite``, a root whose record names another generator, seed or
-    spacing, or that holds entries matching ``real_data_glob`` but no record (likely real data).
+
+def mark_root(root: Path, record: dict, overwrite: bool, release_marker: str) -> None:
+    """Write the generator record ``brainbench_synthetic.json`` at ``root`` before any case.
+
+    The record is written atomically first, so that a rerun after a crash recognises the folder.
+    Refuses, unless ``overwrite``, a root whose record differs from ``record`` (other generator, seed
+    or geometry; the case count may grow) or that holds ``release_marker`` entries (a glob) but no
+    record: likely real data.
     """
-    seed, spacing_mm = int(config.seed), float(config.spacing_mm)
+    record = json.loads(json.dumps(record))
     marker = root / METADATA_FILE
     if not overwrite and marker.is_file():
         try:
             previous = json.loads(marker.read_text())
         except (OSError, ValueError) as error:
             raise BrainbenchDataError(marker, f"unreadable generator record ({error})") from None
-        if not isinstance(previous, dict):
-            raise BrainbenchDataError(marker, "generator record is not a JSON object")
-        recorded = (previous.get("generator"), previous.get("seed"), previous.get("spacing_mm"))
-        if recorded != (generator, seed, spacing_mm):
+        kept = {key: previous.get(key) for key in record if key != "n_cases"} if isinstance(previous, dict) else None
+        if kept != {key: value for key, value in record.items() if key != "n_cases"}:
             raise BrainbenchDataError(
                 root,
-                f"holds synthetic cases with generator/seed/spacing {recorded}, not "
-                f"{(generator, seed, spacing_mm)}; use another folder or overwrite=True",
+                f"holds synthetic cases recorded as {previous}, not {record}; use another folder or overwrite=True",
             )
-    elif not overwrite and root.is_dir() and any(root.glob(real_data_glob)):
+    elif not overwrite and root.is_dir() and any(root.glob(release_marker)):
         raise BrainbenchDataError(
-            root, f"holds case folders ({real_data_glob}) but no {METADATA_FILE}; refusing to mix in synthetic cases"
+            root, f"holds {release_marker} but no {METADATA_FILE}; refusing to mix in synthetic cases"
         )
-    metadata = {
-        "generator": generator,
-        "seed": seed,
-        "spacing_mm": spacing_mm,
-        "n_cases": int(config.n_cases),
-        "data_source": "synthetic",
-    }
-    write_atomic(marker, lambda tmp: tmp.write_text(json.dumps(metadata, indent=2) + "\n"))
+    payload = json.dumps({**record, "data_source": "synthetic"}, indent=2) + "\n"
+    write_atomic(marker, lambda tmp: tmp.write_text(payload))
 
 
 def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], spacing_mm: float, scale_mm: float) -> np.ndarray:
