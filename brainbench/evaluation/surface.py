@@ -363,14 +363,22 @@ def _neighbour_codes(mask: np.ndarray) -> np.ndarray:
     (i, j, k) ∈ {0, 1}³ around it by 2^(7 − 4i − 2j − k) (128 for (0, 0, 0) … 1 for (1, 1, 1)), as
     DeepMind's kernel. The weights factor per axis, so the code is built one axis at a time.
     """
-    padded = np.pad(mask.view(np.uint8), 1)
+    padded = np.zeros(tuple(n + 2 for n in mask.shape), dtype=np.uint8)
+    padded[1:-1, 1:-1, 1:-1] = mask
     code = (padded[:, :, :-1] << 1) | padded[:, :, 1:]
     code = (code[:, :-1, :] << 2) | code[:, 1:, :]
     return (code[:-1] << 4) | code[1:]
 
 
-_SEARCH_RADII = (1, 2, 3)
+_SEARCH_RADII = tuple(range(1, 11))
 """Radii (voxels) of the blocks searched around a surface point before falling back to a KD-tree."""
+
+_ALWAYS_SEARCHED = 3
+"""Radii up to this are searched for every point; the wider blocks only while few points are left."""
+
+_MAX_WIDE_LOOKUPS = 1 << 18
+"""Most offsets (points × block) looked up per radius past :data:`_ALWAYS_SEARCHED`: a few misses 4–10
+voxels wide (the usual case) then cost under half a KD-tree, and far-off blobs go straight to it."""
 
 
 def _corner_distances(source: np.ndarray, target: np.ndarray, sampling: np.ndarray) -> np.ndarray:
@@ -379,23 +387,29 @@ def _corner_distances(source: np.ndarray, target: np.ndarray, sampling: np.ndarr
     Points are the True cells of two boolean grids of one shape (boundary voxels, or surfel corners).
 
     Exact, without a distance transform: shared points are 0; otherwise the (2r+1)³ block around a
-    point is searched for r = 1, 2, 3, and the shortest offset found is final if it is no longer than
-    (r+1)·min(spacing), which no target outside the block can beat; the few points left query a
-    KD-tree. Each distance is √Σ(Δi·s)² of its integer offset, so equal offsets give equal distances.
+    point is searched for r = 1, 2, … (:data:`_SEARCH_RADII`; past r = 3 only while few points are
+    left), and the shortest offset found is final if it is no longer than (r+1)·min(spacing), which no
+    target outside the block can beat; the points left query a KD-tree. Each distance is √Σ(Δi·s)² of
+    its integer offset, so equal offsets give equal distances.
     """
     distances = np.zeros(int(np.count_nonzero(source)))
     apart = ~target[source]
     if not apart.any():
         return distances
-    points = np.argwhere(source & ~target)
-    found = np.full(len(points), np.inf)
+    indices = np.flatnonzero(source & ~target)
+    found = np.full(len(indices), np.inf)
     reach = _SEARCH_RADII[-1]
-    padded = np.pad(target, reach)
+    padded = np.zeros(tuple(n + 2 * reach for n in target.shape), dtype=bool)
+    padded[reach:-reach, reach:-reach, reach:-reach] = target
     steps = np.array(padded.strides) // padded.itemsize
-    centres = (points + reach) @ steps
+    _, ny, nz = target.shape
+    centres = (indices // (ny * nz) + reach) * steps[0] + (indices // nz % ny + reach) * steps[1]
+    centres += indices % nz + reach
     flat = padded.ravel()
-    open_ = np.arange(len(points))
-    for offsets, lengths in _search_blocks(tuple(sampling)):
+    open_ = np.arange(len(indices))
+    for radius, (offsets, lengths) in zip(_SEARCH_RADII, _search_blocks(tuple(sampling))):
+        if radius > _ALWAYS_SEARCHED and len(open_) * len(offsets) > _MAX_WIDE_LOOKUPS:
+            break
         hits = flat[centres[open_, None] + offsets @ steps]
         first = hits.argmax(axis=1)
         hit = hits[np.arange(len(open_)), first]
@@ -406,8 +420,9 @@ def _corner_distances(source: np.ndarray, target: np.ndarray, sampling: np.ndarr
     if len(open_):
         targets = np.argwhere(target)
         tree = cKDTree(targets * sampling, leafsize=64, balanced_tree=False, compact_nodes=False)
-        _, nearest = tree.query(points[open_] * sampling, k=1)
-        found[open_] = _lengths(points[open_] - targets[nearest], sampling)
+        points = np.column_stack(np.unravel_index(indices[open_], target.shape))
+        _, nearest = tree.query(points * sampling, k=1)
+        found[open_] = _lengths(points - targets[nearest], sampling)
     distances[apart] = found
     return distances
 
@@ -415,13 +430,16 @@ def _corner_distances(source: np.ndarray, target: np.ndarray, sampling: np.ndarr
 @lru_cache(maxsize=32)
 def _search_blocks(sampling: tuple[float, float, float]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per search radius r: the offsets of the (2r+1)³ block no longer than (r+1)·min(spacing) mm,
-    shortest first, with their lengths."""
+    shortest first, with their lengths, less those of radius r − 1 (a point reaching radius r missed
+    them all), so each offset is looked at once."""
     blocks = []
     for radius in _SEARCH_RADII:
         offsets = np.argwhere(np.ones((2 * radius + 1,) * 3, dtype=bool)) - radius
         lengths = _lengths(offsets, np.asarray(sampling))
         order = np.argsort(lengths, kind="stable")
-        keep = order[(lengths[order] > 0) & (lengths[order] <= (radius + 1) * min(sampling))]
+        kept = (lengths[order] > 0) & (lengths[order] <= (radius + 1) * min(sampling))
+        searched = (np.abs(offsets[order]).max(axis=1) < radius) & (lengths[order] <= radius * min(sampling))
+        keep = order[kept & ~searched]
         blocks.append((offsets[keep], lengths[keep]))
     return blocks
 
@@ -431,8 +449,15 @@ def _lengths(offsets: np.ndarray, sampling: np.ndarray) -> np.ndarray:
 
 
 def _sorted_by_distance(distances: np.ndarray, areas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((areas, distances))
-    return distances[order], areas[order]
+    """Both sorted by (distance, area), as the package's ``sorted(zip(...))``; the points shared by both
+    surfaces (distance 0, most of them on a good segmentation) need only a sort of their areas."""
+    shared = distances == 0
+    apart = ~shared
+    order = np.lexsort((areas[apart], distances[apart]))
+    return (
+        np.concatenate((distances[shared], distances[apart][order])),
+        np.concatenate((np.sort(areas[shared]), areas[apart][order])),
+    )
 
 
 def _area_percentile(distances: np.ndarray, areas: np.ndarray, percentile: float) -> float:
