@@ -77,7 +77,7 @@ class SegmentDataset(Dataset):
         centre = self.sampler.centre(case, rng)
         inputs, target = self.extractor(case.image, case.label, centre, rng)
         return (tuple(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in inputs),
-                torch.from_numpy(np.ascontiguousarray(target, dtype=np.int64)))
+                torch.from_numpy(np.array(target, dtype=np.int64)))  # np.array keeps 0-d patch targets 0-d
 
 
 class BrainSegmentationDataModule(pl.LightningDataModule):

@@ -69,11 +69,9 @@ class SegmentationTask(pl.LightningModule):
         return self.l1 * l1 + self.l2 * l2
 
     def _logits_and_target(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (N, K, ...) and the target reshaped to (N, ...): per-patch class targets (0-d)
-        arrive as (N, 1), as ``np.ascontiguousarray`` in the data module returns at least 1-d arrays."""
+        """Logits (N, K, ...) of the batch's inputs and its target (N, ...)."""
         inputs, target = batch
-        logits = self(*inputs)
-        return logits, target.reshape(logits.shape[:1] + logits.shape[2:])
+        return self(*inputs), target
 
     def training_step(self, batch, batch_idx):
         logits, target = self._logits_and_target(batch)
