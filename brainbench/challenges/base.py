@@ -7,14 +7,14 @@ declaring one :class:`Edition` and one config file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from brainbench.data.io import NIFTI_SUFFIXES, Grid, load_label, load_volume, read_grid, strip_nifti_suffix
+from brainbench.data.io import NIFTI_SUFFIXES, VOLUME_SUFFIXES, Grid, load_label, load_volume, read_grid, strip_nifti_suffix
 from brainbench.errors import BrainbenchDataError
 
 
@@ -91,6 +91,15 @@ class CaseCheck:
     grid: Grid | None
     label_values: tuple[int, ...] | None
     problems: tuple[str, ...]
+
+
+def find_volume(folder: Path, stem: str, suffixes: Sequence[str] = VOLUME_SUFFIXES) -> Path | None:
+    """``folder/stem`` with the first of ``suffixes`` that exists (default: NIfTI, MetaImage, NRRD)."""
+    for suffix in suffixes:
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 class ChallengeAdapter:

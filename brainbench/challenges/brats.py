@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from brainbench.challenges.base import Case, ChallengeAdapter, Edition
+from brainbench.challenges.base import Case, ChallengeAdapter, Edition, find_volume
 from brainbench.challenges.vsd import VsdLayout, read_vsd_cases
 from brainbench.data.io import NIFTI_SUFFIXES
 from brainbench.errors import BrainbenchDataError
@@ -161,24 +161,16 @@ class BratsAdapter(ChallengeAdapter):
     def _read_case(self, folder: Path, grade: str | None) -> Case:
         case_id = folder.name
         sep = self._separator
-        images = {modality: _find_nifti(folder, f"{case_id}{sep}{modality}") for modality in self.edition.modalities}
+        images = {modality: find_volume(folder, f"{case_id}{sep}{modality}", NIFTI_SUFFIXES) for modality in self.edition.modalities}
         for modality, path in images.items():
             if path is None:
                 raise BrainbenchDataError(
                     folder / f"{case_id}{sep}{modality}.nii.gz", f"missing {modality} channel of case {case_id}"
                 )
-        label = _find_nifti(folder, f"{case_id}{sep}seg")
+        label = find_volume(folder, f"{case_id}{sep}seg", NIFTI_SUFFIXES)
         if label is None and case_id in MISNAMED_MASKS:
-            label = _find_nifti(folder, MISNAMED_MASKS[case_id])
+            label = find_volume(folder, MISNAMED_MASKS[case_id], NIFTI_SUFFIXES)
         if label is None and self.require_labels:
             raise BrainbenchDataError(folder / f"{case_id}{sep}seg.nii.gz", f"missing label map of case {case_id}")
         meta = {"grade": grade} if grade else {}
         return Case(case_id=case_id, images=images, label=label, meta=meta)
-
-
-def _find_nifti(folder: Path, stem: str) -> Path | None:
-    for suffix in NIFTI_SUFFIXES:
-        candidate = folder / f"{stem}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from brainbench.challenges.base import Case, ChallengeAdapter, Edition
-from brainbench.challenges.msseg import find_volume, read_channels, select_channels
+from brainbench.challenges.base import find_volume
+from brainbench.challenges.msseg import read_channels, select_channels
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 
 MRBRAINS_SPACING = (0.958, 0.958, 3.0)

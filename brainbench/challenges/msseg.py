@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from brainbench.challenges.base import Case, ChallengeAdapter, Edition
+from brainbench.challenges.base import Case, ChallengeAdapter, Edition, find_volume
 from brainbench.data.io import VOLUME_SUFFIXES
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 
@@ -60,15 +60,6 @@ EDITIONS: dict[str, Edition] = {
         source="challenges.md §4.1 (openmedlab dataset card S-56)", spacing_mm=(0.5, 0.5, 0.5),
     ),
 }
-
-
-def find_volume(folder: Path, stem: str) -> Path | None:
-    """``folder/stem`` with the first of the readable suffixes (NIfTI, MetaImage, NRRD) that exists."""
-    for suffix in VOLUME_SUFFIXES:
-        candidate = folder / f"{stem}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def select_channels(edition: Edition, modalities: Sequence[str] | None, available: Sequence[str]) -> Edition:

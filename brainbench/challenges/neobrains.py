@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brainbench.challenges.base import Case, ChallengeAdapter, Edition
-from brainbench.challenges.msseg import find_volume, read_channels, select_channels
+from brainbench.challenges.base import find_volume
+from brainbench.challenges.msseg import read_channels, select_channels
 from brainbench.data.io import VOLUME_SUFFIXES, strip_nifti_suffix
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 
