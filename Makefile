@@ -21,6 +21,7 @@ demo: setup
 	$(VENV)/bin/brainbench train
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 clean-runs:

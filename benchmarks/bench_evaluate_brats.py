@@ -16,7 +16,7 @@ import numpy as np
 from medpy.metric import binary
 
 from brainbench.challenges.brats import LEGACY_REGIONS
-from brainbench.data.io import load_label
+from brainbench.io import load_label
 from brainbench.evaluation.evaluate import evaluate_case
 from brainbench.evaluation.protocols import BRATS_LEGACY
 

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from brainbench.data.io import load_volume
+from brainbench.io import load_volume
 from brainbench.data.preprocess import CaseArrays, ZScoreInBrain
 from brainbench.inference.patchwise import brain_region, dense, fcn_approximate, patchwise
 from brainbench.models.havaei import InputCascadeCNN, TwoPathCNN

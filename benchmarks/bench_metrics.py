@@ -32,7 +32,7 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from bench_evaluate_brats import CASE, best_of  # this folder, first on sys.path when run as a script
 
 from brainbench.challenges.brats import EDITIONS, LEGACY_REGIONS
-from brainbench.data.io import load_label, save_volume
+from brainbench.io import load_label, save_volume
 from brainbench.evaluation.evaluate import _region_mask, evaluate_case
 from brainbench.evaluation.lesions import BRATS2023_LESION_RULES, brats2023_lesionwise
 from brainbench.evaluation.overlap import Confusion, dice

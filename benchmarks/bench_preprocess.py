@@ -21,9 +21,9 @@ import SimpleITK as sitk
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from brainbench.challenges.brats import BratsAdapter
+from brainbench.challenges import ChallengeAdapter
 from brainbench.data.cache import PreprocessedCache
-from brainbench.data.io import load_volume
+from brainbench.io import load_volume
 from brainbench.data.preprocess import CaseArrays, N4BiasCorrection
 from brainbench.data.synth.brats import synthesize_brats
 
@@ -62,7 +62,7 @@ def main() -> None:
         start = time.perf_counter()
         synthesize_brats(work / "brats2020_1mm", n_cases=args.cases, spacing_mm=1.0, seed=0)
         print(f"synthesised {args.cases} BraTS 2020 cases at 1 mm in {time.perf_counter() - start:.1f} s")
-        adapter = BratsAdapter("brats2020")
+        adapter = ChallengeAdapter("brats2020")
         cases = adapter.discover(work / "brats2020_1mm")
         shape = load_volume(cases[0].images["flair"])[0].shape
         cache_dir = work / f"cache-{args.preset}-{time.time_ns()}"

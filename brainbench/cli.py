@@ -8,12 +8,14 @@ exits with status 2 — users see what to fix, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from brainbench.errors import BrainbenchError
 
-CONF_DIR = Path(__file__).parent / "conf"
+
+CHALLENGE_HELP = "edition, e.g. brats2020 (see `brainbench data list`), or a YAML declaration of your own cohort"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,24 +39,27 @@ def _parser() -> argparse.ArgumentParser:
     synth = data.add_parser("synth", help="write synthetic look-alike cases in an edition's official layout")
     synth.add_argument("--challenge", default="brats2020", help="edition to imitate (see `brainbench data list`)")
     synth.add_argument("--out", type=Path, default=None, help="output folder (default datasets/synthetic/<edition>)")
-    synth.add_argument("--cases", type=int, default=12, help="number of cases")
+    synth.add_argument("--cases", type=int, default=None, help="number of cases (default: the edition's, e.g. 12)")
     synth.add_argument("--spacing", type=float, default=None,
                        help="voxel spacing in mm (default: the edition's synthetic default, e.g. 2 for BraTS)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--overwrite", action="store_true", help="rewrite cases that already exist")
     synth.set_defaults(handler=_data_synth)
     check = data.add_parser("check", help="list the cases of a release folder and every problem found, one line each")
-    check.add_argument("--challenge", required=True, help="edition, e.g. brats2020 (see `brainbench data list`)")
+    check.add_argument("--challenge", required=True, help=CHALLENGE_HELP)
     check.add_argument("--root", required=True, type=Path, help="the release folder as unpacked")
     check.add_argument("--no-labels", action="store_true", help="a validation/test release without label maps")
     check.set_defaults(handler=_data_check)
     data.add_parser("list", help="every supported challenge edition").set_defaults(handler=_data_list)
 
     evaluate = commands.add_parser("evaluate", help="evaluate prediction files against references")
-    evaluate.add_argument("--challenge", required=True, help="edition, e.g. brats2020")
+    evaluate.add_argument("--challenge", required=True, help=CHALLENGE_HELP)
     evaluate.add_argument("--pred", required=True, type=Path, help="folder of <case_id>.nii.gz predictions")
     evaluate.add_argument("--ref", required=True, type=Path,
-                          help="folder of references: <case_id>.nii.gz or the release layout <case>/<case>_seg.nii.gz")
+                          help="the edition's release folder as released, or a flat folder of <case_id>.nii.gz")
+    evaluate.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                          help="processes scoring cases in parallel (default: every core)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.add_argument("--out", type=Path, default=Path("metrics.csv"), help="long-format CSV case,region,metric,value")
     evaluate.add_argument("--team", default=None, help="team name written as a leading 'team' column")
     evaluate.set_defaults(handler=_evaluate)
@@ -63,8 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     source = board.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", help="MLflow experiment name (default per edition, e.g. brats2020)")
     source.add_argument("--submissions", nargs="+", type=Path, help="submission folders (team = folder name)")
-    board.add_argument("--ref", type=Path, help="reference folder (with --submissions)")
-    board.add_argument("--challenge", help="edition whose protocol and ranking rule apply (with --submissions)")
+    board.add_argument("--ref", type=Path, help="release or flat reference folder (with --submissions)")
+    board.add_argument("--challenge", help=f"edition whose protocol and ranking rule apply; {CHALLENGE_HELP}")
+    board.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                       help="processes scoring cases in parallel (default: every core)")
+    board.add_argument("--quiet", action="store_true", help="no progress bar")
     board.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlflow.db)")
     board.add_argument("--out", type=Path, default=None, help="also write the run summary table as Markdown here")
     board.add_argument("--out-dir", type=Path, default=None,
@@ -86,9 +94,13 @@ def _train(overrides: list[str]) -> int:
     import hydra
     from omegaconf import DictConfig
 
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    from brainbench.config import CONFIG_PATH, register
+
+    register()
+
+    @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
     def run(cfg: DictConfig) -> float:
-        from brainbench.training.run import train
+        from brainbench.pipeline import train
 
         try:
             return train(cfg)
@@ -102,22 +114,15 @@ def _train(overrides: list[str]) -> int:
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    """Instantiate the edition's generator from its ``data/synthetic_<edition>`` config (one source of truth)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import MissingConfigException
-    from hydra.utils import instantiate
+    """Write the edition's declared look-alike (generator and defaults from its declaration)."""
+    from brainbench.challenges import get_edition
+    from brainbench.data.synth import synthesize
 
-    overrides = [f"challenge={args.challenge}", f"data.synth.n_cases={args.cases}", f"data.synth.seed={args.seed}"]
-    if args.spacing is not None:
-        overrides.append(f"data.synth.spacing_mm={args.spacing}")
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-    except MissingConfigException:
-        raise BrainbenchError(f"no synthetic generator for edition '{args.challenge}' (see `brainbench data list`)")
-    out = args.out or Path("datasets/synthetic") / args.challenge
-    folders = instantiate(cfg.data.synth, root=out, overwrite=args.overwrite)
-    print(f"{len(folders)} synthetic {args.challenge} cases in {out}")
+    edition = get_edition(args.challenge)
+    out = args.out or Path("datasets/synthetic") / edition.name
+    folders = synthesize(edition.name, out, n_cases=args.cases, spacing_mm=args.spacing, seed=args.seed,
+                         overwrite=args.overwrite)
+    print(f"{len(folders)} synthetic {edition.name} cases in {out}")
     return 0
 
 
@@ -151,28 +156,31 @@ def _data_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from brainbench.challenges import EDITIONS
+    from brainbench.challenges import EDITIONS, Unranked
 
     table = Table(title="Supported challenge editions")
-    for column in ("edition", "family", "modalities", "labels", "regions", "protocol"):
+    for column in ("edition", "family", "modalities", "labels", "regions", "protocol", "ranking"):
         table.add_column(column)
-    for name, edition in sorted(EDITIONS.items()):
+    for name, edition in EDITIONS.items():
         regions = "; ".join(f"{region}={'+'.join(map(str, values))}" for region, values in edition.regions.items())
+        ranking = "unranked" if isinstance(edition.ranking, Unranked) else edition.ranking
         table.add_row(name, edition.challenge, " ".join(edition.modalities), " ".join(map(str, edition.label_values)),
-                      regions, edition.protocol)
-    Console(width=200).print(table)
+                      regions, edition.protocol, ranking)
+    Console(width=220).print(table)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from brainbench.challenges import adapter_for
+    from brainbench.challenges import get_edition
     from brainbench.evaluation.evaluate import evaluate_folders, write_metrics_csv
     from brainbench.evaluation.leaderboard import summary_metrics
-    from brainbench.evaluation.protocols import PROTOCOLS
+    from brainbench.evaluation.protocols import protocol_for
 
-    edition = adapter_for(args.challenge).edition
-    result = evaluate_folders(args.pred, args.ref, edition.regions, PROTOCOLS[edition.protocol],
-                              allowed_labels=set(edition.label_values))
+    edition = get_edition(args.challenge)
+    protocol = protocol_for(edition)
+    result = evaluate_folders(args.pred, edition.find_references(args.ref), edition.regions, protocol,
+                              allowed_labels=set(edition.label_values), workers=args.workers,
+                              progress=not args.quiet)
     if args.team:
         result.metrics.insert(0, "team", args.team)
     for problem in result.problems:
@@ -196,7 +204,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
         if args.out_dir:
             print(f"{len(board.files)} files → {args.out_dir}")
     if args.log_to_mlflow and board is not None:
-        from brainbench.evaluation.leaderboard import log_leaderboard_run
+        from brainbench.tracking.mlflow import log_leaderboard_run
 
         experiment = args.experiment or args.challenge
         run_id = log_leaderboard_run(_tracking_uri(args), experiment, board.files, {"edition": args.challenge or ""})
@@ -213,50 +221,59 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 def _submissions_board(args: argparse.Namespace):
     if args.ref is None or args.challenge is None:
         raise BrainbenchError("leaderboard --submissions needs --ref DIR and --challenge EDITION")
-    from brainbench.challenges import adapter_for
+    from brainbench.challenges import get_edition
     from brainbench.evaluation.evaluate import evaluate_submissions
     from brainbench.evaluation.leaderboard import rank_teams
-    from brainbench.evaluation.protocols import PROTOCOLS
+    from brainbench.evaluation.protocols import protocol_for
     from brainbench.evaluation.ranking import rule_for
 
-    edition = adapter_for(args.challenge).edition
-    result = evaluate_submissions(args.submissions, args.ref, edition.regions, PROTOCOLS[edition.protocol],
-                                  allowed_labels=set(edition.label_values))
+    edition = get_edition(args.challenge)
+    protocol, rule = protocol_for(edition), rule_for(edition)  # an unranked edition stops here, before scoring
+    result = evaluate_submissions(args.submissions, edition.find_references(args.ref), edition.regions, protocol,
+                                  allowed_labels=set(edition.label_values), workers=args.workers,
+                                  progress=not args.quiet)
     for problem in result.problems:
         print(f"problem: {problem}", file=sys.stderr)
     title = f"Leaderboard — {edition.name} submissions ({edition.protocol} protocol)"
-    return rank_teams(result.metrics, rule_for(edition.name, edition.challenge), title, args.data_source,
-                      args.out_dir, args.ties, args.bootstrap, args.seed, args.bootstrap_unit)
+    return rank_teams(result.metrics, rule, title, args.data_source, args.out_dir, args.ties, args.bootstrap,
+                      args.seed, args.bootstrap_unit)
 
 
 def _experiment_board(args: argparse.Namespace, uri: str):
-    """Print the run summary table; with --out-dir also rank the runs' per-case metrics.csv artifacts."""
-    from brainbench.challenges import EDITIONS, adapter_for
-    from brainbench.data.io import write_atomic
-    from brainbench.evaluation.leaderboard import (experiment_case_metrics, leaderboard_table, print_leaderboard,
-                                                   rank_teams, to_markdown)
+    """Print the run summary table; with --out-dir also rank the runs' per-case metrics.csv artifacts.
+
+    The edition is ``--challenge`` or the one the runs are tagged with (one edition per experiment).
+    """
+    from brainbench.challenges import get_edition
+    from brainbench.evaluation.leaderboard import (cell_legend, headline_metrics, leaderboard_table,
+                                                   print_leaderboard, rank_teams, to_markdown)
     from brainbench.evaluation.ranking import rule_for
-    from brainbench.tracking.mlflow import runs_frame
+    from brainbench.io import write_atomic
+    from brainbench.tracking.mlflow import experiment_case_metrics, runs_frame
 
     runs = runs_frame(uri, args.experiment)
     if runs.empty:
         raise BrainbenchError(f"{uri}: no finished runs in experiment '{args.experiment}'")
-    editions = set(runs.get("tags.edition", []))
-    regions = next((list(EDITIONS[e].regions) for e in editions if e in EDITIONS), ["WT", "TC", "ET"])
-    table = leaderboard_table(runs, regions)
+    editions = sorted(set(runs["tags.edition"].dropna())) if "tags.edition" in runs else []
+    if args.challenge is None and len(editions) != 1:
+        raise BrainbenchError(f"experiment '{args.experiment}' holds runs of editions {editions}; "
+                              "name the one to rank with --challenge")
+    edition = get_edition(args.challenge or editions[0])
+    metrics = headline_metrics(edition)
+    table = leaderboard_table(runs, list(edition.regions), metrics)
     title = f"Leaderboard — experiment {args.experiment}"
-    print_leaderboard(table, title)
+    print_leaderboard(table, title, cell_legend(metrics))
     if args.out:
-        write_atomic(args.out, lambda tmp: tmp.write_text(to_markdown(table, title)))
+        write_atomic(args.out, lambda tmp: tmp.write_text(to_markdown(table, title, [cell_legend(metrics)])))
     if not args.out_dir:
         return None
-    edition = adapter_for(args.challenge or next((e for e in editions if e in EDITIONS), "brats2020")).edition
+    rule = rule_for(edition)
     frame = experiment_case_metrics(uri, runs)
     if frame.empty:
         raise BrainbenchError(f"{uri}: no run of experiment '{args.experiment}' has a metrics.csv artifact")
     sources = ", ".join(sorted(set(runs["tags.data_source"].dropna()))) if "tags.data_source" in runs else "unknown"
-    return rank_teams(frame, rule_for(edition.name, edition.challenge), f"{title} (ranked runs)", sources,
-                      args.out_dir, args.ties, args.bootstrap, args.seed, args.bootstrap_unit)
+    return rank_teams(frame, rule, f"{title} (ranked runs)", sources, args.out_dir, args.ties, args.bootstrap,
+                      args.seed, args.bootstrap_unit)
 
 
 if __name__ == "__main__":

@@ -1,38 +1,60 @@
-"""Challenge adapters, one file per family; the registry maps edition names to adapters."""
+"""Challenge editions: one declaration per edition in its family file, collected here into a registry.
+
+``get_edition`` accepts a registered name (``brats2020``), a user's YAML declaration file or mapping
+(:mod:`brainbench.challenges.custom`), or an :class:`Edition`; ``adapter_for`` gives the adapter that
+reads its release. Nothing here chooses behaviour by an edition's name: everything an edition does is
+in its declaration.
+"""
 
 from __future__ import annotations
 
-from brainbench.challenges.base import Case, ChallengeAdapter, Edition
-from brainbench.challenges.brats import EDITIONS as BRATS_EDITIONS
-from brainbench.challenges.brats import BratsAdapter
-from brainbench.challenges.isles import EDITIONS as ISLES_EDITIONS
-from brainbench.challenges.isles import IslesAdapter
-from brainbench.challenges.mrbrains import EDITIONS as MRBRAINS_EDITIONS
-from brainbench.challenges.mrbrains import MrBrainSAdapter
-from brainbench.challenges.msseg import ADAPTERS as MS_ADAPTERS
-from brainbench.challenges.msseg import EDITIONS as MS_EDITIONS
-from brainbench.challenges.neobrains import EDITIONS as NEOBRAINS_EDITIONS
-from brainbench.challenges.neobrains import NeoBrainSAdapter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from brainbench.challenges import brats, isles, mrbrains, msseg, neobrains
+from brainbench.challenges.base import Case, ChallengeAdapter, Edition, Layout, Synthetic, Unranked
 from brainbench.errors import BrainbenchConfigError
 
-EDITIONS: dict[str, Edition] = {
-    **BRATS_EDITIONS, **ISLES_EDITIONS, **MS_EDITIONS, **MRBRAINS_EDITIONS, **NEOBRAINS_EDITIONS,
-}
+
+def _registry(families: Iterable[Mapping[str, Edition]]) -> dict[str, Edition]:
+    """Name → edition over every family; a name declared twice is a programming error."""
+    registry: dict[str, Edition] = {}
+    for family in families:
+        for name, edition in family.items():
+            if name != edition.name or name in registry:
+                raise ValueError(f"edition {name!r} is declared twice or under another name")
+            registry[name] = edition
+    return dict(sorted(registry.items()))
 
 
-def adapter_for(edition: str, require_labels: bool = True) -> ChallengeAdapter:
-    """The adapter reading ``edition``'s official layout."""
-    if edition in BRATS_EDITIONS:
-        return BratsAdapter(edition, require_labels=require_labels)
-    if edition in ISLES_EDITIONS:
-        return IslesAdapter(edition, require_labels=require_labels)
-    if edition in MS_EDITIONS:
-        return MS_ADAPTERS[edition](edition, require_labels=require_labels)
-    if edition in MRBRAINS_EDITIONS:
-        return MrBrainSAdapter(edition, require_labels=require_labels)
-    if edition in NEOBRAINS_EDITIONS:
-        return NeoBrainSAdapter(edition, require_labels=require_labels)
-    raise BrainbenchConfigError(f"unknown challenge edition '{edition}'; supported: {', '.join(sorted(EDITIONS))}")
+EDITIONS: dict[str, Edition] = _registry(family.EDITIONS for family in (brats, isles, msseg, mrbrains, neobrains))
+"""Every registered edition by name."""
 
 
-__all__ = ["Case", "ChallengeAdapter", "Edition", "EDITIONS", "adapter_for"]
+def get_edition(spec: str | Path | Edition | Mapping[str, Any]) -> Edition:
+    """The edition a name, a YAML declaration file, a declaration mapping or an :class:`Edition` stands for."""
+    if isinstance(spec, Edition):
+        return spec
+    if isinstance(spec, Mapping):
+        from brainbench.challenges.custom import edition_from_declaration
+
+        return edition_from_declaration(spec)
+    if str(spec) in EDITIONS:
+        return EDITIONS[str(spec)]
+    if str(spec).endswith((".yaml", ".yml")):
+        from brainbench.challenges.custom import load_declaration
+
+        return load_declaration(spec)
+    raise BrainbenchConfigError(
+        f"unknown challenge edition '{spec}': name one of {', '.join(EDITIONS)}, or a YAML declaration file"
+    )
+
+
+def adapter_for(spec: str | Path | Edition | Mapping[str, Any], require_labels: bool = True) -> ChallengeAdapter:
+    """The adapter reading ``spec``'s release layout (see :func:`get_edition`)."""
+    return ChallengeAdapter(get_edition(spec), require_labels=require_labels)
+
+
+__all__ = ["Case", "ChallengeAdapter", "EDITIONS", "Edition", "Layout", "Synthetic", "Unranked", "adapter_for",
+           "get_edition"]

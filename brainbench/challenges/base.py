@@ -1,21 +1,28 @@
-"""What every challenge adapter provides: cases found on disk, labels, regions and validation.
+"""What every challenge edition declares, and the one adapter that reads any of them.
 
-An adapter turns an official release layout into :class:`Case` records. Everything downstream
-(preprocessing, training, evaluation) sees only cases, never the layout. Adding an edition means
-declaring one :class:`Edition` and one config file.
+An :class:`Edition` is the whole definition of a challenge edition in one frozen record: its layout
+reader, channels, label map and regions, evaluation protocol, ranking rule, how reference label maps
+are found in the release (for ``brainbench evaluate --ref``) and its synthetic look-alike. Adding an
+edition means one declaration in its family file (``brats.py``, ``isles.py``, ...); the registry in
+:mod:`brainbench.challenges` collects them. Everything downstream (preprocessing, training,
+evaluation) sees :class:`Case` records, never the layout.
+
+This module imports no torch and nothing from ``data/``: the synthetic generator is named by its
+import path, so an organiser can read releases without the training stack.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from brainbench.data.io import NIFTI_SUFFIXES, VOLUME_SUFFIXES, Grid, load_label, load_volume, read_grid, strip_nifti_suffix
-from brainbench.errors import BrainbenchDataError
+from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
+from brainbench.io import NIFTI_SUFFIXES, VOLUME_SUFFIXES, Grid, load_label, load_volume, read_grid, strip_nifti_suffix
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,46 @@ class Case:
         return [*self.images.values(), *([self.label] if self.label else [])]
 
 
+class Layout:
+    """How one release lays out its files; each family file declares its layouts as small frozen records.
+
+    Subclasses set :attr:`channels` (every channel the layout can read, the edition's default subset
+    first) and :attr:`expected` (what a case looks like, for error messages), and implement
+    :meth:`scan`.
+    """
+
+    channels: tuple[str, ...] = ()
+    expected: str = ""
+
+    def scan(self, root: Path, edition: Edition,
+             require_labels: bool) -> tuple[list[Case], list[BrainbenchDataError]]:
+        """The cases of ``edition.modalities`` under the existing folder ``root`` and one error per case
+        that could not be assembled (a missing channel or label), never raising for a single case."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    """An edition's synthetic look-alike: a generator named by import path, and its defaults.
+
+    The generator is called as ``generator(root, n_cases=, spacing_mm=, seed=, overwrite=, **options)``
+    (see :func:`brainbench.data.synth.synthesize`); ``options`` holds what selects the edition's
+    layout (e.g. ``{"edition": "brats2017"}``).
+    """
+
+    generator: str
+    n_cases: int
+    spacing_mm: float | None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Unranked:
+    """An edition without a published ranking rule; ``reason`` is what the CLI says instead of ranking."""
+
+    reason: str
+
+
 @dataclass(frozen=True)
 class Edition:
     """Declarative description of one challenge edition.
@@ -39,11 +86,14 @@ class Edition:
     Attributes:
         name: config and MLflow name, e.g. ``brats2020``.
         challenge: family name, e.g. ``brats``.
-        modalities: channel names in the order models receive them.
+        modalities: channel names in the order models receive them (a subset of ``layout.channels``).
         label_values: every value a reference label map may contain (0 = background).
         regions: evaluated region → label values it unites, e.g. ``{"WT": (1, 2, 4)}``.
         protocol: name of the evaluation protocol in :mod:`brainbench.evaluation.protocols`.
+        ranking: name of the ranking rule in :mod:`brainbench.evaluation.ranking`, or :class:`Unranked`.
+        layout: the release's layout reader.
         source: where the layout and label conventions were verified.
+        synthetic: the synthetic look-alike, or None (a user's own cohort).
         reference_grid: channel whose voxel grid is the case's reference when channels come on
             different grids (ISLES 2022 FLAIR, MRBrainS ``T1_1mm``); the pipeline resamples the
             others onto it. ``None``: every channel and the label share one grid.
@@ -56,7 +106,10 @@ class Edition:
     label_values: tuple[int, ...]
     regions: Mapping[str, tuple[int, ...]]
     protocol: str
+    ranking: str | Unranked
+    layout: Layout
     source: str
+    synthetic: Synthetic | None = None
     reference_grid: str | None = None
     spacing_mm: tuple[float, float, float] | None = None
 
@@ -77,6 +130,62 @@ class Edition:
     def region_masks(self, label: np.ndarray) -> dict[str, np.ndarray]:
         """Boolean mask per evaluated region of a label map holding this edition's values."""
         return {name: np.isin(label, values) for name, values in self.regions.items()}
+
+    def with_channels(self, modalities: Sequence[str] | None) -> Edition:
+        """This edition reading ``modalities`` (distinct names of ``layout.channels``, in the given order).
+
+        The reference grid stays the declared one when it is read, else becomes the first channel read.
+        """
+        if modalities is None:
+            return self
+        chosen = tuple(modalities)
+        available = self.layout.channels
+        unknown = [m for m in chosen if m not in available]
+        if not chosen or unknown or len(set(chosen)) != len(chosen):
+            raise BrainbenchConfigError(
+                f"modalities of {self.name} must be distinct names among {list(available)}, got {list(chosen)}"
+            )
+        reference = self.reference_grid
+        if reference is not None and reference not in chosen:
+            reference = chosen[0]
+        return replace(self, modalities=chosen, reference_grid=reference)
+
+    def find_references(self, root: str | Path) -> dict[str, Path]:
+        """Case id → reference label map of a release folder as released, or of a flat folder of
+        ``<case_id>.nii.gz`` files; used by ``brainbench evaluate --ref`` (reads no voxel).
+
+        Raises:
+            BrainbenchDataError: no reference found (saying what was expected), or a label map that
+                links outside ``root``.
+        """
+        root = _existing_dir(root)
+        flat = {strip_nifti_suffix(p.name): p for p in sorted(root.iterdir()) if p.is_file()
+                and p.name.endswith(VOLUME_SUFFIXES)}
+        cases, problems = self.layout.scan(root, self, require_labels=True)
+        found = {case.case_id: case.label for case in cases if case.label is not None}
+        if not found:
+            found = flat
+        if not found:
+            detail = f"; first problem: {problems[0]}" if problems else ""
+            raise BrainbenchDataError(
+                root, f"no {self.name} reference label maps found (expected the release layout, "
+                      f"{self.layout.expected}, or a flat folder of <case_id>.nii.gz){detail}")
+        for case_id, path in found.items():
+            if not Path(path).resolve().is_relative_to(root):
+                raise BrainbenchDataError(path, f"reference of case {case_id} links outside {root}")
+        return dict(sorted(found.items()))
+
+
+def case_order(case: Case) -> list:
+    """Sort key: the case id with its digit runs compared as numbers (``train_2`` before ``train_10``)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", case.case_id)]
+
+
+def _existing_dir(path: str | Path) -> Path:
+    root = Path(path).resolve()
+    if not root.is_dir():
+        raise BrainbenchDataError(path, "folder not found")
+    return root
 
 
 @dataclass(frozen=True)
@@ -102,25 +211,74 @@ def find_volume(folder: Path, stem: str, suffixes: Sequence[str] = VOLUME_SUFFIX
     return None
 
 
-class ChallengeAdapter:
-    """Finds and validates the cases of one edition in its official layout on disk."""
+def read_channels(folder: Path, stems: Mapping[str, str], modalities: Sequence[str], case_id: str,
+                  suffixes: Sequence[str] = VOLUME_SUFFIXES) -> dict[str, Path]:
+    """Path of each channel ``folder/stems[m]<suffix>``; raises naming the first missing file."""
+    images = {}
+    for modality in modalities:
+        path = find_volume(folder, stems[modality], suffixes)
+        if path is None:
+            raise BrainbenchDataError(folder / f"{stems[modality]}{suffixes[0]}",
+                                      f"missing {modality} channel of case {case_id}")
+        images[modality] = path
+    return images
 
-    edition: Edition
+
+def collect(readers: Sequence[Any]) -> tuple[list[Case], list[BrainbenchDataError]]:
+    """Call each zero-argument case reader; a reader's :class:`BrainbenchDataError` becomes an error line."""
+    cases, errors = [], []
+    for read in readers:
+        try:
+            cases.append(read())
+        except BrainbenchDataError as error:
+            errors.append(error)
+    return cases, errors
+
+
+class ChallengeAdapter:
+    """Finds and validates the cases of one edition in its official layout on disk.
+
+    Args:
+        edition: a registered edition's name, an :class:`Edition`, or a user's YAML declaration as a
+            mapping (see :mod:`brainbench.challenges.custom`).
+        modalities: channels to read, a subset of the layout's, in the order models receive them
+            (e.g. an MSSEG copy without DP; MRBrainS13 adding ``t1_1mm``); default: the edition's.
+        require_labels: training data must have a label map per case; test releases have none.
+    """
+
+    def __init__(self, edition: str | Edition | Mapping[str, Any], modalities: Sequence[str] | None = None,
+                 require_labels: bool = True):
+        from brainbench.challenges import get_edition
+
+        self.edition = get_edition(edition).with_channels(modalities)
+        self.require_labels = require_labels
 
     def discover(self, root: str | Path) -> list[Case]:
-        """Every case under ``root``, sorted by id; raises if the folder holds none."""
-        raise NotImplementedError
+        """Every case under ``root``, sorted by id; raises naming the first problem, or when there is no case."""
+        cases, errors = self._scan(root)
+        if errors:
+            raise errors[0]
+        return cases
 
     def scan(self, root: str | Path) -> tuple[list[Case], list[str]]:
-        """The cases under ``root`` and one line per case that could not be assembled, never raising.
+        """The cases under ``root`` (sorted by id) and one line per case that could not be assembled,
+        never raising; a folder without any case gives one line saying what was expected."""
+        cases, errors = self._scan(root)
+        return cases, [str(error) for error in errors]
 
-        This default stops at :meth:`discover`'s first error; adapters whose layout has case folders
-        override it to go on with the other cases.
-        """
-        try:
-            return self.discover(root), []
-        except BrainbenchDataError as error:
-            return [], [str(error)]
+    def _scan(self, root: str | Path) -> tuple[list[Case], list[BrainbenchDataError]]:
+        path = Path(root)
+        if not path.is_dir():
+            return [], [BrainbenchDataError(root, "data folder not found")]
+        cases, errors = self.edition.layout.scan(path, self.edition, self.require_labels)
+        if not cases and not errors:
+            errors = [BrainbenchDataError(
+                root, f"no {self.edition.name} cases found (expected {self.edition.layout.expected})")]
+        ids = [case.case_id for case in cases]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            errors.append(BrainbenchDataError(root, f"case ids {repeated} occur in more than one folder"))
+        return sorted(cases, key=case_order), errors
 
     def check(self, root: str | Path) -> tuple[list[CaseCheck], list[str]]:
         """Every case found and every problem under ``root``: all of them, not just the first."""
@@ -155,7 +313,7 @@ class ChallengeAdapter:
                 if unexpected:
                     problems.append(f"{path}: label values {unexpected} are not allowed "
                                     f"(expected a subset of {list(self.edition.label_values)})")
-                if label_values == (0,) and getattr(self, "require_labels", True):
+                if label_values == (0,) and self.require_labels:
                     problems.append(f"{path}: label map is empty (only background); a training case needs labels")
         reference_name = self.edition.reference_grid or next(iter(case.images))
         reference = case.images.get(reference_name)
@@ -166,10 +324,6 @@ class ChallengeAdapter:
                 elif not _overlap(grid, grids[reference]):
                     problems.append(f"{path}: its field of view does not overlap {reference.name}; cannot resample")
         return CaseCheck(case, grids.get(reference), label_values, tuple(problems))
-
-    def prediction_name(self, case_id: str) -> str:
-        """File name a submission uses for ``case_id``."""
-        return f"{case_id}.nii.gz"
 
     def validate(self, case: Case, check_label_values: bool = True) -> Grid:
         """Check that every channel and the label share one grid and the label values are allowed.

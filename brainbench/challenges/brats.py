@@ -27,150 +27,117 @@ regions complete {1,2,3,4} / core {1,3,4} / enhancing {4} (region definition [R]
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from brainbench.challenges.base import Case, ChallengeAdapter, Edition, find_volume
-from brainbench.challenges.vsd import VsdLayout, read_vsd_cases
-from brainbench.data.io import NIFTI_SUFFIXES
+from brainbench.challenges.base import Case, Edition, Layout, Synthetic, collect, find_volume, read_channels
+from brainbench.challenges.vsd import VsdLayout
 from brainbench.errors import BrainbenchDataError
+from brainbench.io import NIFTI_SUFFIXES
 
-MODALITIES = ("flair", "t1", "t1ce", "t2")
 LEGACY_REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
-MISNAMED_MASKS = {"BraTS20_Training_355": "W39_1998.09.19_Segm"}
-"""Masks the official release ships under another name (spec §2.2)."""
+VSD_REGIONS = {"complete": (1, 2, 3, 4), "core": (1, 3, 4), "enhancing": (4,)}
 VSD_CHANNELS = {"flair": "MR_Flair", "t1": "MR_T1", "t1c": "MR_T1c", "t2": "MR_T2"}
 """Channel name → VSD token of the 2012–2016 exports."""
 ONE_MM = (1.0, 1.0, 1.0)
+SYNTHESIZE = "brainbench.data.synth.brats.synthesize_brats"
 
 
-def _legacy_edition(year: int) -> Edition:
-    return Edition(
-        name=f"brats{year}",
-        challenge="brats",
-        modalities=MODALITIES,
-        label_values=(0, 1, 2, 4),
-        regions=LEGACY_REGIONS,
-        protocol="brats-legacy-2017-2021",
-        source="challenges.md §2.2, §2.4, §2.5 (CBICA/Synapse releases; nnU-Net converters)",
-        spacing_mm=ONE_MM,
-    )
+@dataclass(frozen=True)
+class CaseFolderLayout(Layout):
+    """``<root>[/{HGG,LGG}]/<case>/<case><separator><channel>.nii[.gz]`` and ``...<separator>seg``.
+
+    Attributes:
+        channels: the release's channel names as they appear in file names.
+        separator: between case id and channel (``_``; BraTS 2023 ``-``).
+        graded: case folders may sit in ``HGG``/``LGG`` folders (2017–2019); the grade goes to ``meta``.
+        misnamed_masks: case id → mask file stem the release ships instead (BraTS 2020 case 355).
+        case_ids: how a flat release numbers its cases, for look-alikes: a format of ``n`` (1, 2, …)
+            and ``even`` (0, 2, 4, …), e.g. ``BraTS20_Training_{n:03d}``; None for graded releases.
+    """
+
+    channels: tuple[str, ...]
+    separator: str = "_"
+    graded: bool = False
+    misnamed_masks: Mapping[str, str] = field(default_factory=dict)
+    case_ids: str | None = None
+
+    @property
+    def expected(self) -> str:
+        return f"<case>/<case>{self.separator}{self.channels[0]}.nii.gz"
+
+    def scan(self, root: Path, edition: Edition, require_labels: bool) -> tuple[list[Case], list[BrainbenchDataError]]:
+        return collect([partial(self._read_case, folder, grade, edition.modalities, require_labels)
+                        for folder, grade in self._case_folders(root)])
+
+    def _case_folders(self, root: Path) -> list[tuple[Path, str | None]]:
+        if self.graded and any((root / g).is_dir() for g in ("HGG", "LGG")):
+            return [(folder, grade) for grade in ("HGG", "LGG") if (root / grade).is_dir()
+                    for folder in sorted((root / grade).iterdir()) if folder.is_dir()]
+        return [(folder, None) for folder in sorted(root.iterdir())
+                if folder.is_dir() and any(folder.glob(f"{folder.name}{self.separator}*.nii*"))]
+
+    def _read_case(self, folder: Path, grade: str | None, modalities, require_labels: bool) -> Case:
+        case_id, sep = folder.name, self.separator
+        images = read_channels(folder, {m: f"{case_id}{sep}{m}" for m in modalities}, modalities, case_id,
+                               NIFTI_SUFFIXES)
+        label = find_volume(folder, f"{case_id}{sep}seg", NIFTI_SUFFIXES)
+        if label is None and case_id in self.misnamed_masks:
+            label = find_volume(folder, self.misnamed_masks[case_id], NIFTI_SUFFIXES)
+        if label is None and require_labels:
+            raise BrainbenchDataError(folder / f"{case_id}{sep}seg.nii.gz", f"missing label map of case {case_id}")
+        return Case(case_id=case_id, images=images, label=label, meta={"grade": grade} if grade else {})
 
 
 def _vsd_edition(year: int) -> Edition:
     return Edition(
-        name=f"brats{year}",
-        challenge="brats",
-        modalities=tuple(VSD_CHANNELS),
-        label_values=(0, 1, 2, 3, 4),
-        regions={"complete": (1, 2, 3, 4), "core": (1, 3, 4), "enhancing": (4,)},
-        protocol="brats-vsd-2012-2016",
-        source="challenges.md §2.1–§2.4, §8 (VSD/SMIR exports as read by public loaders; labels per VSD docs)",
+        name=f"brats{year}", challenge="brats", modalities=tuple(VSD_CHANNELS), label_values=(0, 1, 2, 3, 4),
+        regions=VSD_REGIONS, protocol="brats-vsd-2012-2016",
+        ranking="vsd-mean-of-metric-ranks",  # the VSD online table (§2.7); 2016 ran on the 2015 platform
+        layout=VsdLayout(VSD_CHANNELS, truth_object=r"Brain_[123]more", id_from_path=year <= 2013),
+        source="challenges.md §2.1–§2.4, §2.7, §8 (VSD/SMIR exports as read by public loaders; labels per VSD docs)",
+        synthetic=Synthetic(SYNTHESIZE, n_cases=12, spacing_mm=2.0, options={"edition": f"brats{year}"}),
         spacing_mm=ONE_MM,
     )
 
 
-EDITIONS: dict[str, Edition] = {
-    **{f"brats{year}": _vsd_edition(year) for year in (2012, 2013, 2015, 2016)},
-    **{f"brats{year}": _legacy_edition(year) for year in range(2017, 2022)},
-    "brats2023_gli": Edition(
-        name="brats2023_gli",
-        challenge="brats",
-        modalities=("t1n", "t1c", "t2w", "t2f"),
-        label_values=(0, 1, 2, 3),
-        regions={"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
-        protocol="brats-2023-gli",
-        source="challenges.md §2.2, §2.4, §2.6 (Synapse release; official BraTS-2023-Metrics scorer)",
+def _brats2023_edition(subchallenge: str, tumour: str) -> Edition:
+    """A BraTS 2023 sub-challenge: the GLI layout and labels under its own prefix, its lesion-wise rules."""
+    name = f"brats2023_{subchallenge.lower()}"
+    return Edition(
+        name=name, challenge="brats", modalities=("t1n", "t1c", "t2w", "t2f"), label_values=(0, 1, 2, 3),
+        regions={"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}, protocol=f"brats-2023-{subchallenge.lower()}",
+        ranking="brats2023-lesionwise-rank-then-aggregate",
+        layout=CaseFolderLayout(("t1n", "t1c", "t2w", "t2f"), separator="-",
+                                case_ids=f"BraTS-{subchallenge}-{{even:05d}}-000"),
+        source=f"challenges.md §2.2, §2.4, §2.6 ({tumour}; Synapse release; official BraTS-2023-Metrics scorer, "
+               "whose one label map serves all five sub-challenges [P] S-05)",
+        synthetic=Synthetic(SYNTHESIZE, n_cases=12, spacing_mm=2.0, options={"edition": name}),
         spacing_mm=ONE_MM,
-    ),
-}
-GRADED_EDITIONS = {"brats2017", "brats2018", "brats2019"}
-VSD_ERA = {"brats2012", "brats2013", "brats2015", "brats2016"}
-VSD_LAYOUTS = {
-    **{
-        e: VsdLayout(VSD_CHANNELS, truth_object=r"Brain_[123]more", id_from_path=True)
-        for e in ("brats2012", "brats2013")
-    },
-    **{e: VsdLayout(VSD_CHANNELS, truth_object=r"Brain_[123]more") for e in ("brats2015", "brats2016")},
-}
-NAME_SEPARATOR = {"brats2023_gli": "-"}
-"""Between case id and channel in file names; ``_`` unless listed."""
+    )
 
 
-class BratsAdapter(ChallengeAdapter):
-    """Reads a BRATS/BraTS training or validation folder as released.
+def _legacy_edition(year: int, layout: CaseFolderLayout) -> Edition:
+    return Edition(
+        name=f"brats{year}", challenge="brats", modalities=layout.channels, label_values=(0, 1, 2, 4),
+        regions=LEGACY_REGIONS, protocol="brats-legacy-2017-2021", ranking="brats-rank-then-aggregate",
+        layout=layout, source="challenges.md §2.2, §2.4, §2.5, §2.7 (CBICA/Synapse releases; nnU-Net converters)",
+        synthetic=Synthetic(SYNTHESIZE, n_cases=12, spacing_mm=2.0, options={"edition": f"brats{year}"}),
+        spacing_mm=ONE_MM,
+    )
 
-    Args:
-        edition: one of :data:`EDITIONS` (``brats2012`` … ``brats2021``, ``brats2023_gli``).
-        require_labels: training data must have a mask per case; validation releases have none.
-    """
 
-    def __init__(self, edition: str = "brats2020", require_labels: bool = True):
-        if edition not in EDITIONS:
-            raise BrainbenchDataError(edition, f"unknown BraTS edition; choose one of {sorted(EDITIONS)}")
-        self.edition = EDITIONS[edition]
-        self.require_labels = require_labels
-
-    def discover(self, root: str | Path) -> list[Case]:
-        if self.edition.name in VSD_LAYOUTS:
-            return read_vsd_cases(root, VSD_LAYOUTS[self.edition.name], self.edition.name, self.require_labels)
-        root = Path(root)
-        if not root.is_dir():
-            raise BrainbenchDataError(root, "data folder not found")
-        cases = [self._read_case(folder, grade) for folder, grade in self._case_folders(root)]
-        if not cases:
-            raise BrainbenchDataError(
-                root,
-                f"no {self.edition.name} case folders found "
-                f"(expected <case>/<case>{self._separator}{self.edition.modalities[0]}.nii.gz)",
-            )
-        return sorted(cases, key=lambda case: case.case_id)
-
-    def scan(self, root: str | Path) -> tuple[list[Case], list[str]]:
-        """Like :meth:`discover`, but a case folder that cannot be read becomes a problem line."""
-        if self.edition.name in VSD_LAYOUTS or not Path(root).is_dir():
-            return super().scan(root)
-        cases, problems = [], []
-        for folder, grade in self._case_folders(Path(root)):
-            try:
-                cases.append(self._read_case(folder, grade))
-            except BrainbenchDataError as error:
-                problems.append(str(error))
-        if not cases and not problems:
-            return super().scan(root)
-        return sorted(cases, key=lambda case: case.case_id), problems
-
-    def _case_folders(self, root: Path) -> list[tuple[Path, str | None]]:
-        if self.edition.name in GRADED_EDITIONS and any((root / g).is_dir() for g in ("HGG", "LGG")):
-            return [
-                (folder, grade)
-                for grade in ("HGG", "LGG")
-                if (root / grade).is_dir()
-                for folder in sorted((root / grade).iterdir())
-                if folder.is_dir()
-            ]
-        return [
-            (folder, None)
-            for folder in sorted(root.iterdir())
-            if folder.is_dir() and any(folder.glob(f"{folder.name}{self._separator}*.nii*"))
-        ]
-
-    @property
-    def _separator(self) -> str:
-        return NAME_SEPARATOR.get(self.edition.name, "_")
-
-    def _read_case(self, folder: Path, grade: str | None) -> Case:
-        case_id = folder.name
-        sep = self._separator
-        images = {modality: find_volume(folder, f"{case_id}{sep}{modality}", NIFTI_SUFFIXES) for modality in self.edition.modalities}
-        for modality, path in images.items():
-            if path is None:
-                raise BrainbenchDataError(
-                    folder / f"{case_id}{sep}{modality}.nii.gz", f"missing {modality} channel of case {case_id}"
-                )
-        label = find_volume(folder, f"{case_id}{sep}seg", NIFTI_SUFFIXES)
-        if label is None and case_id in MISNAMED_MASKS:
-            label = find_volume(folder, MISNAMED_MASKS[case_id], NIFTI_SUFFIXES)
-        if label is None and self.require_labels:
-            raise BrainbenchDataError(folder / f"{case_id}{sep}seg.nii.gz", f"missing label map of case {case_id}")
-        meta = {"grade": grade} if grade else {}
-        return Case(case_id=case_id, images=images, label=label, meta=meta)
+LEGACY_CHANNELS = ("flair", "t1", "t1ce", "t2")
+EDITIONS: dict[str, Edition] = {edition.name: edition for edition in (
+    *(_vsd_edition(year) for year in (2012, 2013, 2015, 2016)),
+    *(_legacy_edition(year, CaseFolderLayout(LEGACY_CHANNELS, graded=True)) for year in (2017, 2018, 2019)),
+    _legacy_edition(2020, CaseFolderLayout(LEGACY_CHANNELS, case_ids="BraTS20_Training_{n:03d}",
+                                           misnamed_masks={"BraTS20_Training_355": "W39_1998.09.19_Segm"})),
+    _legacy_edition(2021, CaseFolderLayout(LEGACY_CHANNELS, case_ids="BraTS2021_{even:05d}")),
+    _brats2023_edition("GLI", "adult glioma"),
+    _brats2023_edition("SSA", "glioma in Sub-Saharan Africa"),
+    _brats2023_edition("MEN", "meningioma"),
+    _brats2023_edition("MET", "brain metastases"),
+)}

@@ -23,10 +23,12 @@ Layouts (../shared/specs/challenges.md §3.1–§3.2; tags there):
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from brainbench.challenges.base import Case, ChallengeAdapter, Edition
-from brainbench.challenges.vsd import VsdLayout, read_vsd_cases
+from brainbench.challenges.base import Case, Edition, Layout, Synthetic, collect
+from brainbench.challenges.vsd import VsdLayout
 from brainbench.errors import BrainbenchDataError
 
 LESION = {"lesion": (1,)}
@@ -53,96 +55,34 @@ ISLES2017_MISSING_IDS = (3, 17, 25, 29, 34)
 BIDS_CHANNELS = ("dwi", "adc", "flair")
 RAWDATA_FOLDERS = ("", "rawdata", "_rawdata")
 """Where the BIDS subjects may sit below the ISLES 2022 root."""
+SYNTHESIZE = "brainbench.data.synth.isles.synthesize_isles"
 
 
-def _edition(name: str, channels: tuple[str, ...], labels: tuple[int, ...], regions, protocol: str, **kw) -> Edition:
-    return Edition(
-        name=name,
-        challenge="isles",
-        modalities=channels,
-        label_values=labels,
-        regions=regions,
-        protocol=protocol,
-        source="challenges.md §3.1–§3.3, §8 (ISLES pages and README; public loaders)",
-        **kw,
-    )
+@dataclass(frozen=True)
+class BidsLayout(Layout):
+    """ISLES 2022: ``[rawdata/]sub-*/ses-*/**/<sub>_<ses>_<channel>.nii.gz`` (channel matched without
+    regard to case) and ``derivatives/<sub>/<ses>/<sub>_<ses>_msk.nii.gz``."""
 
+    channels: tuple[str, ...] = BIDS_CHANNELS
+    expected: str = "[rawdata/]sub-strokecaseNNNN/ses-NNNN/ and derivatives/<sub>/<ses>/<sub>_<ses>_msk.nii.gz"
 
-EDITIONS: dict[str, Edition] = {
-    "isles2015_siss": _edition(
-        "isles2015_siss", tuple(SISS_CHANNELS), (0, 1), LESION, "isles-2015-2017", spacing_mm=(1.0, 1.0, 1.0)
-    ),
-    "isles2015_spes": _edition(
-        "isles2015_spes",
-        tuple(SPES_CHANNELS),
-        (0, 1, 2),
-        {"penumbra": (2,)},
-        "isles-2015-2017",
-        spacing_mm=(2.0, 2.0, 2.0),
-    ),
-    "isles2016": _edition("isles2016", tuple(PERFUSION_CHANNELS), (0, 1), LESION, "isles-2015-2017"),
-    "isles2017": _edition("isles2017", tuple(PERFUSION_CHANNELS), (0, 1), LESION, "isles-2015-2017"),
-    "isles2022": _edition(
-        "isles2022", BIDS_CHANNELS, (0, 1), LESION, "isles-2022", reference_grid="dwi", spacing_mm=(2.0, 2.0, 2.0)
-    ),
-}
-VSD_LAYOUTS = {
-    "isles2015_siss": VsdLayout(SISS_CHANNELS, truth_object="Brain"),
-    "isles2015_spes": VsdLayout(SPES_CHANNELS, truth_object="Brain"),
-    "isles2016": VsdLayout(PERFUSION_CHANNELS, truth_object="Brain"),
-    "isles2017": VsdLayout(PERFUSION_CHANNELS, truth_object="Brain"),
-}
+    def scan(self, root: Path, edition: Edition, require_labels: bool) -> tuple[list[Case], list[BrainbenchDataError]]:
+        sessions = [session for folder in RAWDATA_FOLDERS if (root / folder).is_dir()
+                    for subject in sorted((root / folder).glob("sub-*")) if subject.is_dir()
+                    for session in sorted(subject.glob("ses-*")) if session.is_dir()]
+        return collect([partial(self._read_session, root, s, edition.modalities, require_labels) for s in sessions])
 
-
-class IslesAdapter(ChallengeAdapter):
-    """Reads an ISLES training release as distributed.
-
-    Args:
-        edition: one of :data:`EDITIONS`.
-        require_labels: training data must have a mask per case; test releases have none.
-    """
-
-    def __init__(self, edition: str = "isles2022", require_labels: bool = True):
-        if edition not in EDITIONS:
-            raise BrainbenchDataError(edition, f"unknown ISLES edition; choose one of {sorted(EDITIONS)}")
-        self.edition = EDITIONS[edition]
-        self.require_labels = require_labels
-
-    def discover(self, root: str | Path) -> list[Case]:
-        if self.edition.name in VSD_LAYOUTS:
-            return read_vsd_cases(root, VSD_LAYOUTS[self.edition.name], self.edition.name, self.require_labels)
-        return self._discover_bids(Path(root))
-
-    def _discover_bids(self, root: Path) -> list[Case]:
-        if not root.is_dir():
-            raise BrainbenchDataError(root, "data folder not found")
-        sessions = [
-            session
-            for folder in RAWDATA_FOLDERS
-            if (root / folder).is_dir()
-            for subject in sorted((root / folder).glob("sub-*"))
-            if subject.is_dir()
-            for session in sorted(subject.glob("ses-*"))
-            if session.is_dir()
-        ]
-        if not sessions:
-            raise BrainbenchDataError(
-                root, "no isles2022 subjects found (expected [rawdata/]sub-strokecaseNNNN/ses-NNNN/)"
-            )
-        cases = [self._read_session(root, session) for session in sessions]
-        return sorted(cases, key=lambda case: case.case_id)
-
-    def _read_session(self, root: Path, session: Path) -> Case:
+    def _read_session(self, root: Path, session: Path, modalities, require_labels: bool) -> Case:
         subject = session.parent.name
         stem = f"{subject}_{session.name}"
         found: dict[str, list[Path]] = {}
-        pattern = re.compile(rf"^{re.escape(stem)}_({'|'.join(BIDS_CHANNELS)})\.nii(\.gz)?$", re.IGNORECASE)
+        pattern = re.compile(rf"^{re.escape(stem)}_({'|'.join(self.channels)})\.nii(\.gz)?$", re.IGNORECASE)
         for path in sorted(session.rglob(f"{stem}_*")):
             match = pattern.match(path.name)
             if match and path.is_file():
                 found.setdefault(match[1].lower(), []).append(path)
         images = {}
-        for channel in BIDS_CHANNELS:
+        for channel in modalities:
             paths = found.get(channel, [])
             if len(paths) != 1:
                 shown = "none" if not paths else ", ".join(str(p.relative_to(session)) for p in paths)
@@ -151,9 +91,34 @@ class IslesAdapter(ChallengeAdapter):
                 )
             images[channel] = paths[0]
         masks = sorted((root / "derivatives" / subject / session.name).rglob(f"{stem}_msk.nii*"))
-        if not masks and self.require_labels:
+        if not masks and require_labels:
             raise BrainbenchDataError(
                 root / "derivatives" / subject / session.name / f"{stem}_msk.nii.gz", f"missing mask of case {subject}"
             )
         case_id = subject if session.name == "ses-0001" else stem
         return Case(case_id=case_id, images=images, label=masks[0] if masks else None, meta={"session": session.name})
+
+
+def _edition(name: str, layout: Layout, labels: tuple[int, ...], regions, protocol: str, ranking: str,
+             spacing_mm: float | None, **kw) -> Edition:
+    return Edition(
+        name=name, challenge="isles", modalities=layout.channels, label_values=labels, regions=regions,
+        protocol=protocol, ranking=ranking, layout=layout,
+        source="challenges.md §3.1–§3.4, §8 (ISLES pages and README; public loaders)",
+        synthetic=Synthetic(SYNTHESIZE, n_cases=12, spacing_mm=2.0, options={"edition": name}),
+        spacing_mm=(spacing_mm,) * 3 if spacing_mm else None, **kw,
+    )
+
+
+EDITIONS: dict[str, Edition] = {edition.name: edition for edition in (
+    _edition("isles2015_siss", VsdLayout(SISS_CHANNELS, truth_object="Brain"), (0, 1), LESION, "isles-2015-2017",
+             "isles-mean-rank", 1.0),
+    _edition("isles2015_spes", VsdLayout(SPES_CHANNELS, truth_object="Brain"), (0, 1, 2), {"penumbra": (2,)},
+             "isles-2015-2017", "isles-mean-rank", 2.0),
+    _edition("isles2016", VsdLayout(PERFUSION_CHANNELS, truth_object="Brain"), (0, 1), LESION, "isles-2015-2017",
+             "isles-mean-rank", None),
+    _edition("isles2017", VsdLayout(PERFUSION_CHANNELS, truth_object="Brain"), (0, 1), LESION, "isles-2015-2017",
+             "isles-mean-rank", None),
+    _edition("isles2022", BidsLayout(), (0, 1), LESION, "isles-2022", "isles2022-mean-rank", 2.0,
+             reference_grid="dwi"),
+)}

@@ -21,13 +21,14 @@ and cases sort by number. Labels 0–10; 9 (infarction) and 10 (other) are maske
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from brainbench.challenges.base import Case, ChallengeAdapter, Edition
-from brainbench.challenges.base import find_volume
-from brainbench.challenges.msseg import read_channels, select_channels
-from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
+from brainbench.challenges.base import Case, Edition, Layout, Synthetic, Unranked, collect, find_volume, read_channels
+from brainbench.challenges.msseg import with_label
+from brainbench.errors import BrainbenchDataError
 
 MRBRAINS_SPACING = (0.958, 0.958, 3.0)
 MRBRAINS13_FILES = {"t1": "T1", "t1_ir": "T1_IR", "t2_flair": "T2_FLAIR", "t1_1mm": "T1_1mm"}
@@ -42,84 +43,81 @@ TISSUE_OF_STRUCTURE = {1: 2, 2: 2, 3: 3, 4: 3, 5: 1, 6: 1, 7: 0, 8: 0}
 MRBRAINS18_FILES = {"flair": "pre/FLAIR", "t1": "pre/reg_T1", "ir": "pre/reg_IR"}
 MRBRAINS18_EXCLUDED = (9, 10)
 """Infarction and other pathology: masked out of every metric (spec §6)."""
+TISSUE_SYNTH = "brainbench.data.synth.tissue"
 
-EDITIONS: dict[str, Edition] = {
-    "mrbrains13": Edition(
+
+@dataclass(frozen=True)
+class NumberedCaseLayout(Layout):
+    """``<root>[/<split folder>]/<n>/<channel file>`` with numeric case folders (MRBrainS).
+
+    Attributes:
+        files: channel → file stem below the case folder (the first one marks a case folder).
+        label: label map stem (MRBrainS13 ``LabelsForTesting``; MRBrainS18 ``segm``).
+        splits: split folder → case-id prefix; training releases read only the first split when labels
+            are required. Case ids are ``<prefix>_<n>`` when ``prefix_ids``, else ``<n>``.
+        extra_labels: meta key → stem of further label maps kept in ``Case.meta`` (MRBrainS13's
+            8-structure ``LabelsForTraining``).
+    """
+
+    files: Mapping[str, str]
+    label: str
+    splits: Mapping[str, str]
+    prefix_ids: bool
+    extra_labels: Mapping[str, str] | None = None
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self.files)
+
+    @property
+    def expected(self) -> str:
+        return f"<n>/{next(iter(self.files.values()))}.nii"
+
+    def scan(self, root: Path, edition: Edition, require_labels: bool) -> tuple[list[Case], list[BrainbenchDataError]]:
+        return collect([partial(self._read, folder, split, edition.modalities, require_labels)
+                        for folder, split in self._case_folders(root, require_labels)])
+
+    def _case_folders(self, root: Path, require_labels: bool) -> list[tuple[Path, str]]:
+        splits = dict(list(self.splits.items())[:1]) if require_labels else self.splits
+        parents = [(root / name, prefix) for name, prefix in splits.items() if (root / name).is_dir()]
+        if not parents:
+            parents = [(root, self.splits.get(root.name, root.name))]
+        first = next(iter(self.files.values()))
+        return [(folder, prefix) for parent, prefix in parents for folder in sorted(parent.iterdir())
+                if re.fullmatch(r"\d+", folder.name) and find_volume(folder, first) is not None]
+
+    def _read(self, folder: Path, split: str, modalities, require_labels: bool) -> Case:
+        case_id = f"{split}_{folder.name}" if self.prefix_ids else folder.name
+        extra = {key: find_volume(folder, stem) for key, stem in (self.extra_labels or {}).items()}
+        return with_label(Case(
+            case_id=case_id,
+            images=read_channels(folder, self.files, modalities, case_id),
+            label=find_volume(folder, self.label),
+            meta={"folder": str(folder), "split": split, "release_id": folder.name,
+                  **{key: str(path) for key, path in extra.items() if path}},
+        ), require_labels)
+
+
+EDITIONS: dict[str, Edition] = {edition.name: edition for edition in (
+    Edition(
         name="mrbrains13", challenge="mrbrains", modalities=("t1", "t1_ir", "t2_flair"), label_values=(0, 1, 2, 3),
-        regions={"CSF": (1,), "GM": (2,), "WM": (3,)}, protocol="mrbrains13",
+        regions={"CSF": (1,), "GM": (2,), "WM": (3,)}, protocol="mrbrains13", ranking="mrbrains13-rank-sum",
+        layout=NumberedCaseLayout(MRBRAINS13_FILES, label="LabelsForTesting", splits=MRBRAINS13_SPLITS,
+                                  prefix_ids=True, extra_labels={"labels_8": "LabelsForTraining"}),
         source="challenges.md §5 (official readme S-28/S-29; NIfTI archive tree S-34c)",
+        synthetic=Synthetic(f"{TISSUE_SYNTH}.synthesize_mrbrains13", n_cases=12, spacing_mm=MRBRAINS_SPACING,
+                            options={"n_test": 0}),
         reference_grid="t2_flair", spacing_mm=MRBRAINS_SPACING,
     ),
-    "mrbrains18": Edition(
+    Edition(
         name="mrbrains18", challenge="mrbrains", modalities=tuple(MRBRAINS18_FILES),
         label_values=tuple(range(11)), regions={name: (value,) for name, value in STRUCTURES_8.items()},
         protocol="mrbrains18",
+        ranking=Unranked("the spec found no verified MRBrainS18 ranking rule (§6); scores are reported unranked"),
+        layout=NumberedCaseLayout(MRBRAINS18_FILES, label="segm", splits={"training": "training"},
+                                  prefix_ids=False),
         source="challenges.md §6 (mrbrains18.isi.uu.nl/data S-33; evaluation.py S-30; loaders S-68)",
+        synthetic=Synthetic(f"{TISSUE_SYNTH}.synthesize_mrbrains18", n_cases=12, spacing_mm=MRBRAINS_SPACING),
         spacing_mm=MRBRAINS_SPACING,
     ),
-}
-
-
-class MrBrainSAdapter(ChallengeAdapter):
-    """Reads MRBrainS13 (training and test splits) or the MRBrainS18 training release.
-
-    Args:
-        edition: ``mrbrains13`` or ``mrbrains18``.
-        modalities: channels to read, a subset of the release's (MRBrainS13 adds ``t1_1mm``).
-        require_labels: training needs a label per case; the MRBrainS13 test split has none.
-    """
-
-    def __init__(self, edition: str = "mrbrains13", modalities: Sequence[str] | None = None,
-                 require_labels: bool = True):
-        if edition not in EDITIONS:
-            raise BrainbenchConfigError(f"unknown MRBrainS edition '{edition}'; choose one of {sorted(EDITIONS)}")
-        self.files = MRBRAINS13_FILES if edition == "mrbrains13" else MRBRAINS18_FILES
-        self.edition = select_channels(EDITIONS[edition], modalities, tuple(self.files))
-        self.require_labels = require_labels
-
-    def discover(self, root: str | Path) -> list[Case]:
-        root = Path(root)
-        if not root.is_dir():
-            raise BrainbenchDataError(root, "data folder not found")
-        reader = self._read13 if self.edition.name == "mrbrains13" else self._read18
-        cases = [reader(folder, split) for folder, split in self._case_folders(root)]
-        if not cases:
-            stem = next(iter(self.files.values()))
-            raise BrainbenchDataError(root, f"no {self.edition.name} cases found (expected <id>/{stem}.nii)")
-        for case in cases:
-            if case.label is None and self.require_labels:
-                raise BrainbenchDataError(case.meta["folder"], f"missing label map of case {case.case_id}")
-        return sorted(cases, key=lambda c: (c.meta["split"], int(c.meta["release_id"]), c.meta["release_id"]))
-
-    def _case_folders(self, root: Path) -> list[tuple[Path, str]]:
-        splits = {"training": "training"} if self.edition.name == "mrbrains18" else (
-            {"TrainingData": "train"} if self.require_labels else MRBRAINS13_SPLITS)
-        parents = [(root / name, prefix) for name, prefix in splits.items() if (root / name).is_dir()]
-        if not parents:
-            parents = [(root, MRBRAINS13_SPLITS.get(root.name, root.name))]
-        first = next(iter(self.files.values()))
-        return [
-            (folder, prefix)
-            for parent, prefix in parents
-            for folder in sorted(parent.iterdir())
-            if re.fullmatch(r"\d+", folder.name) and find_volume(folder, first) is not None
-        ]
-
-    def _read13(self, folder: Path, split: str) -> Case:
-        case_id = f"{split}_{folder.name}"
-        labels_8 = find_volume(folder, "LabelsForTraining")
-        return Case(
-            case_id=case_id,
-            images=read_channels(folder, self.files, self.edition.modalities, case_id),
-            label=find_volume(folder, "LabelsForTesting"),
-            meta={"folder": str(folder), "split": split, "release_id": folder.name,
-                  **({"labels_8": str(labels_8)} if labels_8 else {})},
-        )
-
-    def _read18(self, folder: Path, split: str) -> Case:
-        return Case(
-            case_id=folder.name,
-            images=read_channels(folder, self.files, self.edition.modalities, folder.name),
-            label=find_volume(folder, "segm"),
-            meta={"folder": str(folder), "split": split, "release_id": folder.name},
-        )
+)}

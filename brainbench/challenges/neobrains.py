@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from brainbench.challenges.base import Case, ChallengeAdapter, Edition
-from brainbench.challenges.base import find_volume
-from brainbench.challenges.msseg import read_channels, select_channels
-from brainbench.data.io import VOLUME_SUFFIXES, strip_nifti_suffix
-from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
+from brainbench.challenges.base import Case, Edition, Layout, Synthetic, Unranked, collect, find_volume, read_channels
+from brainbench.challenges.msseg import with_label
+from brainbench.errors import BrainbenchDataError
+from brainbench.io import VOLUME_SUFFIXES, strip_nifti_suffix
 
 NEO_LABELS = {
     "cortical_gm": 1, "basal_ganglia_thalami": 2, "unmyelinated_wm": 3, "myelinated_wm": 4,
@@ -60,73 +60,71 @@ IMAGE_SETS = {
 }
 DECLARED_SPACING = {"axial40": (0.35, 0.35, 2.0), "coronal30": (0.34, 0.34, 2.0), "coronal40": None}
 
-EDITIONS: dict[str, Edition] = {
-    f"neobrains12_{name}": Edition(
-        name=f"neobrains12_{name}", challenge="neobrains", modalities=MODALITIES,
-        label_values=tuple(range(9)),
-        regions={**{key: (value,) for key, value in NEO_LABELS.items()}, "WM": (3, 4), "CSF": (7, 8)},
-        protocol="neobrains12", source="challenges.md §7 (neobrains12.isi.uu.nl S-70/S-71; loaders S-72)",
-        spacing_mm=DECLARED_SPACING[name],
-    )
-    for name in IMAGE_SETS
-}
+@dataclass(frozen=True)
+class NeoBrainSLayout(Layout):
+    """One NeoBrainS12 image set: training examples ``<set folder>/<example>/{T1,T2,manualSegm}`` (T1/T2 also
+    as ``T1_<anything>``) and/or test scans ``<test folder>/set<k>_<id>_{t1,t2}`` (no labels); ``root`` may
+    be the set folder itself."""
 
+    image_set: ImageSet
+    channels: tuple[str, ...] = MODALITIES
 
-class NeoBrainSAdapter(ChallengeAdapter):
-    """Reads one NeoBrainS12 image set (training examples and/or test scans)."""
+    @property
+    def expected(self) -> str:
+        image_set = self.image_set
+        return (f"{image_set.training_folder}/<example>/T1.nii.gz or "
+                f"{image_set.test_folder}/{image_set.test_prefix}_<id>_t1.nii.gz")
 
-    def __init__(self, edition: str = "neobrains12_axial40", modalities=None, require_labels: bool = True):
-        if edition not in EDITIONS:
-            raise BrainbenchConfigError(f"unknown NeoBrainS12 edition '{edition}'; choose one of {sorted(EDITIONS)}")
-        self.edition = select_channels(EDITIONS[edition], modalities, MODALITIES)
-        self.image_set = IMAGE_SETS[edition.removeprefix("neobrains12_")]
-        self.require_labels = require_labels
-
-    def discover(self, root: str | Path) -> list[Case]:
-        root = Path(root)
-        if not root.is_dir():
-            raise BrainbenchDataError(root, "data folder not found")
+    def scan(self, root: Path, edition: Edition, require_labels: bool) -> tuple[list[Case], list[BrainbenchDataError]]:
         image_set = self.image_set
         training = root if root.name == image_set.training_folder else root / image_set.training_folder
         test = root if root.name == image_set.test_folder else root / image_set.test_folder
-        cases = []
+        readers = []
         if training.is_dir():
-            cases += [self._training_case(f) for f in sorted(training.iterdir()) if f.is_dir() and _variant(f, "T1")]
+            readers += [partial(self._training_case, f, edition.modalities, require_labels)
+                        for f in sorted(training.iterdir()) if f.is_dir() and _variant(f, "T1")]
         if test.is_dir():
-            cases += self._test_cases(test)
-        if not cases:
-            raise BrainbenchDataError(
-                root, f"no {self.edition.name} cases found (expected {image_set.training_folder}/<example>/T1.nii.gz "
-                f"or {image_set.test_folder}/{image_set.test_prefix}_<id>_t1.nii.gz)")
-        for case in cases:
-            if case.label is None and self.require_labels:
-                raise BrainbenchDataError(case.meta["folder"], f"missing label map of case {case.case_id}")
-        return sorted(cases, key=lambda case: case.case_id)
+            pattern = re.compile(rf"({re.escape(image_set.test_prefix)}_.+)_t1")
+            for path in sorted(test.iterdir()):
+                match = pattern.fullmatch(strip_nifti_suffix(path.name))
+                if match:
+                    readers.append(partial(self._test_case, test, match.group(1), edition.modalities,
+                                           require_labels))
+        return collect(readers)
 
-    def _training_case(self, folder: Path) -> Case:
+    def _training_case(self, folder: Path, modalities, require_labels: bool) -> Case:
         images = {}
-        for modality in self.edition.modalities:
+        for modality in modalities:
             path = _variant(folder, modality.upper())
             if path is None:
                 raise BrainbenchDataError(
                     folder / f"{modality.upper()}.nii.gz", f"missing {modality} channel of case {folder.name}"
                 )
             images[modality] = path
-        return Case(case_id=folder.name, images=images, label=find_volume(folder, "manualSegm"),
-                    meta={"folder": str(folder), "weeks": self.image_set.weeks})
+        return with_label(Case(case_id=folder.name, images=images, label=find_volume(folder, "manualSegm"),
+                               meta={"folder": str(folder), "weeks": self.image_set.weeks}), require_labels)
 
-    def _test_cases(self, folder: Path) -> list[Case]:
-        pattern = re.compile(rf"({re.escape(self.image_set.test_prefix)}_.+)_t1")
-        cases = []
-        for path in sorted(folder.iterdir()):
-            match = pattern.fullmatch(strip_nifti_suffix(path.name))
-            if match:
-                case_id = match.group(1)
-                stems = {m: f"{case_id}_{m}" for m in MODALITIES}
-                images = read_channels(folder, stems, self.edition.modalities, case_id)
-                meta = {"folder": str(folder), "weeks": self.image_set.weeks}
-                cases.append(Case(case_id=case_id, images=images, meta=meta))
-        return cases
+    def _test_case(self, folder: Path, case_id: str, modalities, require_labels: bool) -> Case:
+        images = read_channels(folder, {m: f"{case_id}_{m}" for m in MODALITIES}, modalities, case_id)
+        return with_label(Case(case_id=case_id, images=images,
+                               meta={"folder": str(folder), "weeks": self.image_set.weeks}), require_labels)
+
+
+EDITIONS: dict[str, Edition] = {
+    f"neobrains12_{name}": Edition(
+        name=f"neobrains12_{name}", challenge="neobrains", modalities=MODALITIES,
+        label_values=tuple(range(9)),
+        regions={**{key: (value,) for key, value in NEO_LABELS.items()}, "WM": (3, 4), "CSF": (7, 8)},
+        protocol="neobrains12",
+        ranking=Unranked("the spec found no verified NeoBrainS12 ranking rule (§7); scores are reported unranked"),
+        layout=NeoBrainSLayout(image_set),
+        source="challenges.md §7 (neobrains12.isi.uu.nl S-70/S-71; loaders S-72)",
+        synthetic=Synthetic("brainbench.data.synth.tissue.synthesize_neobrains12", n_cases=12, spacing_mm=1.0,
+                            options={"sets": [name]}),
+        spacing_mm=DECLARED_SPACING[name],
+    )
+    for name, image_set in IMAGE_SETS.items()
+}
 
 
 def _variant(folder: Path, token: str) -> Path | None:

@@ -15,13 +15,14 @@ name are accepted too (flattened copies). Case folders are found at any depth up
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from brainbench.challenges.base import Case
-from brainbench.data.io import VOLUME_SUFFIXES
+from brainbench.challenges.base import Case, Edition, Layout, collect
 from brainbench.errors import BrainbenchDataError
+from brainbench.io import VOLUME_SUFFIXES
 
 OBJECT_NAME = re.compile(
     r"^(?P<prefix>VSD|SMIR)\.(?P<object>[^.]+)\.XX\.(?:O|XX)\.(?P<token>[^.]+)(?:\.(?P<id>\d+))?$", re.IGNORECASE
@@ -39,23 +40,66 @@ class VsdObject:
 
 
 @dataclass(frozen=True)
-class VsdLayout:
+class VsdLayout(Layout):
     """How one edition's VSD export is read.
 
     Attributes:
-        channels: modality name → VSD token, e.g. ``{"t1c": "MR_T1c"}``.
+        tokens: channel name → VSD token, e.g. ``{"t1c": "MR_T1c"}``.
         truth_object: regular expression the ground truth's object must match in full
             (``Brain_[123]more`` for BRATS, ``Brain`` for ISLES); its token is always ``OT``.
         id_from_path: case id = the case folder's path below the root joined with ``_``
             (BRATS-2 reuses ``0001`` under ``HG``/``LG`` and ``Image_Data``/``Synthetic_Data``);
             otherwise the folder name alone.
 
-    Objects whose token is not in ``channels`` (ISLES ``MR_4DPWI``, the BRATS-2 tissue map) are ignored.
+    Objects whose token is not in ``tokens`` (ISLES ``MR_4DPWI``, the BRATS-2 tissue map) are ignored.
     """
 
-    channels: Mapping[str, str]
+    tokens: Mapping[str, str]
     truth_object: str
     id_from_path: bool = False
+    expected: str = "<case>/VSD.Brain.XX.O.<modality>.<id>/<same>.mha and a VSD....OT ground-truth object"
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self.tokens)
+
+    def scan(self, root: Path, edition: Edition, require_labels: bool) -> tuple[list[Case], list[BrainbenchDataError]]:
+        return collect([partial(self._read_case, root, folder, edition.modalities, require_labels)
+                        for folder in case_folders(root)])
+
+    def _read_case(self, root: Path, folder: Path, modalities: Sequence[str], require_labels: bool) -> Case:
+        relative = folder.relative_to(root).parts
+        case_id = "_".join(relative) if self.id_from_path else folder.name
+        objects = vsd_objects(folder)
+        images = {}
+        for modality in modalities:
+            token = self.tokens[modality]
+            matching = [o for o in objects if o.object.lower() == "brain" and o.token.lower() == token.lower()]
+            if len(matching) != 1:
+                found = "none" if not matching else ", ".join(o.path.parent.name for o in matching)
+                raise BrainbenchDataError(
+                    folder, f"expected one {token} object for channel {modality} of case {case_id}, found {found}"
+                )
+            images[modality] = matching[0].path
+        truths = [o for o in objects
+                  if o.token.upper() == "OT" and re.fullmatch(self.truth_object, o.object, re.IGNORECASE)]
+        if len(truths) > 1:
+            names = [o.path.name for o in truths]
+            raise BrainbenchDataError(folder, f"several ground-truth objects in case {case_id}: {names}")
+        if not truths and require_labels:
+            raise BrainbenchDataError(
+                folder, f"missing ground truth of case {case_id} (expected a VSD.{self.truth_object}...OT object)"
+            )
+        meta = {"source_folder": str(folder)}
+        grade = next((p for p in relative[:-1] if p.upper() in ("HG", "LG", "HGG", "LGG")), None)
+        if grade:
+            meta["grade"] = grade
+        part = next((p for p in relative[:-1] if p in ("Image_Data", "Synthetic_Data")), None)
+        if part:
+            meta["part"] = part
+        if truths:
+            meta["truth_object"] = truths[0].object
+        return Case(case_id=case_id, images=images, label=truths[0].path if truths else None, meta=meta)
 
 
 def _volume_stem(name: str) -> str | None:
@@ -94,59 +138,3 @@ def case_folders(root: Path) -> list[Path]:
         found.extend(holding)
         frontier = [c for c in children if c not in holding]
     return sorted(found)
-
-
-def read_vsd_cases(root: str | Path, layout: VsdLayout, edition_name: str, require_labels: bool) -> list[Case]:
-    """Every case of a VSD export under ``root``, sorted by id.
-
-    ``meta`` holds the grade (``HG``/``LG``/``HGG``/``LGG`` folder above the case, when present), the
-    part (``Image_Data``/``Synthetic_Data``) and the ground truth's object name.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise BrainbenchDataError(root, "data folder not found")
-    cases = [_read_case(root, folder, layout, require_labels) for folder in case_folders(root)]
-    if not cases:
-        raise BrainbenchDataError(
-            root, f"no {edition_name} case folders found (expected <case>/VSD.Brain.XX.O.<modality>.<id>/...)"
-        )
-    ids = [case.case_id for case in cases]
-    duplicated = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicated:
-        raise BrainbenchDataError(root, f"case ids {duplicated} occur in more than one folder")
-    return sorted(cases, key=lambda case: case.case_id)
-
-
-def _read_case(root: Path, folder: Path, layout: VsdLayout, require_labels: bool) -> Case:
-    relative = folder.relative_to(root).parts
-    case_id = "_".join(relative) if layout.id_from_path else folder.name
-    objects = vsd_objects(folder)
-    images = {}
-    for modality, token in layout.channels.items():
-        matching = [o for o in objects if o.object.lower() == "brain" and o.token.lower() == token.lower()]
-        if len(matching) != 1:
-            found = "none" if not matching else ", ".join(o.path.parent.name for o in matching)
-            raise BrainbenchDataError(
-                folder, f"expected one {token} object for channel {modality} of case {case_id}, found {found}"
-            )
-        images[modality] = matching[0].path
-    truths = [
-        o for o in objects if o.token.upper() == "OT" and re.fullmatch(layout.truth_object, o.object, re.IGNORECASE)
-    ]
-    if len(truths) > 1:
-        names = [o.path.name for o in truths]
-        raise BrainbenchDataError(folder, f"several ground-truth objects in case {case_id}: {names}")
-    if not truths and require_labels:
-        raise BrainbenchDataError(
-            folder, f"missing ground truth of case {case_id} (expected a VSD.{layout.truth_object}...OT object)"
-        )
-    meta = {"source_folder": str(folder)}
-    grade = next((p for p in relative[:-1] if p.upper() in ("HG", "LG", "HGG", "LGG")), None)
-    if grade:
-        meta["grade"] = grade
-    part = next((p for p in relative[:-1] if p in ("Image_Data", "Synthetic_Data")), None)
-    if part:
-        meta["part"] = part
-    if truths:
-        meta["truth_object"] = truths[0].object
-    return Case(case_id=case_id, images=images, label=truths[0].path if truths else None, meta=meta)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from brainbench.challenges.base import Case, ChallengeAdapter
-from brainbench.data.io import Grid, write_atomic
+from brainbench.io import Grid, write_atomic
 from brainbench.data.preprocess import CaseArrays, Pipeline, Stage, as_pipeline, load_case
 from brainbench.data.registration import resample
 

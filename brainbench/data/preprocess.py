@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from brainbench.challenges.base import Case, ChallengeAdapter
-from brainbench.data.io import Grid, load_label, load_volume, read_grid, save_volume
+from brainbench.io import Grid, load_label, load_volume, read_grid, save_volume
 from brainbench.data.registration import from_sitk, register, resample, to_sitk
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 

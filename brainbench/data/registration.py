@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from brainbench.data.io import Grid
+from brainbench.io import Grid
 from brainbench.errors import BrainbenchDataError
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -1,9 +1,10 @@
 """Where training segments are centred, and how a model's inputs are cut around a centre.
 
 Samplers draw segment centres from a cached case with a caller-supplied generator, so that a
-seed fixes every segment of a run. Voxel index lists are computed once per case. Extractors turn
-a centre into the network's inputs and target; each model family names its extractor in its
-config (``model.segments``), so the data module never depends on a model's geometry.
+seed fixes every segment of a run. Voxel index lists are computed once per case. Extractors, which
+turn a centre into the network's inputs and target, belong to the models (``models/deepmedic.py``,
+``models/patches.py``): each model config names its extractor (``model.segments``) and the data
+module receives it, so ``data/`` never imports a model's geometry.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from brainbench.data.cache import PreprocessedCase
-from brainbench.models.deepmedic import CONV_LAYERS, _window, extract_label_block, extract_training_pair
 
 
 @dataclass
@@ -48,33 +48,6 @@ class ForegroundBackgroundSampler:
             brain = np.asarray(case.brain) | labelled
             self._indices[case.case_id] = (np.flatnonzero(labelled), np.flatnonzero(brain & ~labelled))
         return self._indices[case.case_id]
-
-
-@dataclass(frozen=True)
-class TwoPathwaySegments:
-    """DeepMedic training segments: normal ``(C, S, S, S)`` and subsampled inputs, ``(O, O, O)`` target.
-
-    Args:
-        segment_size: normal-pathway segment edge in voxels (paper: 25, predicting 9³).
-        subsample_factor: the subsampled pathway's factor (paper: 3).
-        flip_x_probability: mirror the segment along x with this probability (paper: 0.5).
-    """
-
-    segment_size: int = 25
-    subsample_factor: int = 3
-    flip_x_probability: float = 0.5
-
-    @property
-    def output_size(self) -> int:
-        return self.segment_size - 2 * CONV_LAYERS
-
-    def __call__(self, image: np.ndarray, label: np.ndarray, centre: tuple[int, int, int],
-                 rng: np.random.Generator) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-        normal, subsampled = extract_training_pair(image, centre, self.segment_size, self.subsample_factor)
-        target = extract_label_block(label, centre, self.output_size)
-        if rng.random() < self.flip_x_probability:
-            normal, subsampled, target = (np.flip(a, axis=-3) for a in (normal, subsampled, target))
-        return (normal, subsampled), target
 
 
 @dataclass
@@ -145,42 +118,3 @@ def label_frequencies(cases: list[PreprocessedCase], n_classes: int) -> np.ndarr
 
 def _unravel(flat: int, case: PreprocessedCase) -> tuple[int, int, int]:
     return tuple(int(i) for i in np.unravel_index(int(flat), case.brain.shape))
-
-
-@dataclass(frozen=True)
-class AxialPatches:
-    """2D patch-CNN inputs: a (C, P, P) axial window around a voxel and the label target.
-
-    The window spans ``[c - before, c + after]`` in x and y on the centre's axial slice (z), read
-    from the memory-mapped cached volume and zero-filled where it leaves the volume (the cache is
-    normalised with background 0). P = before + after + 1: 33 (Havaei, Pereira), 65/56/53 (the
-    cascades' stage-1 windows; their ``margin`` attribute).
-
-    Args:
-        margin: ``(before, after)`` pixels around the centre, the model's ``margin``.
-        output_size: edge O of the (O, O) label target centred on the voxel (Havaei: a 33×33 patch
-            gives 1×1 logits); ``None``: a scalar target for models returning (N, K) (Pereira).
-            Target pixels outside the volume are -100 (cross-entropy's ignore index).
-        rotate_90: rotate window and target by a random multiple of 90° in the axial plane
-            (Pereira's augmentation, spec §2.3).
-    """
-
-    margin: tuple[int, int] = (16, 16)
-    output_size: int | None = 1
-    rotate_90: bool = False
-
-    def __call__(self, image: np.ndarray, label: np.ndarray, centre: tuple[int, int, int],
-                 rng: np.random.Generator) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-        x, y, z = centre
-        before, after = self.margin
-        window = _window(image, (x - before, y - before, z), (x + after + 1, y + after + 1, z + 1), 1, 0)[..., 0]
-        if self.output_size is None:
-            target = np.asarray(label[x, y, z], dtype=np.int64)
-        else:
-            target = extract_label_block(label, centre, (self.output_size, self.output_size, 1))[..., 0]
-        if self.rotate_90:
-            turns = int(rng.integers(4))
-            window = np.rot90(window, turns, axes=(-2, -1))
-            if target.ndim:
-                target = np.rot90(target, turns, axes=(-2, -1))
-        return (window,), target

@@ -4,21 +4,34 @@ Runs on files alone (no torch, no models), so that an organiser can score submit
 submitted file never stops the run: it becomes one line in ``problems`` and its case is scored as an
 empty prediction, as the protocol prescribes for a missing one. Problems with the *reference* folder
 are the organiser's to fix and raise :class:`~brainbench.errors.BrainbenchDataError`.
+
+Scale: ``workers > 1`` scores cases in a pool of processes started with ``spawn`` (forking a process
+that has imported torch is unsafe; nnU-Net does the same), each reading its case's files and sending
+back only the rows, in case order, so that memory stays flat and the output is exactly the serial one.
+The workers import this module and what it imports (numpy, scipy, pandas, nibabel), never torch,
+models, training or tracking; like any ``spawn`` pool they also import the caller's ``__main__`` module,
+so a script calling this with workers must guard its entry point with ``if __name__ == "__main__"``.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
+import multiprocessing
+import numbers
+import pickle
+import signal
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from nibabel.arrayproxy import ArrayProxy
 
-from brainbench.data.io import NIFTI_SUFFIXES, VOLUME_SUFFIXES, Grid, load_label, read_grid, strip_nifti_suffix, write_atomic
+from brainbench.io import NIFTI_SUFFIXES, Grid, load_label, read_grid, strip_nifti_suffix, write_atomic
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 from brainbench.evaluation import surface
 from brainbench.evaluation.lesions import anima_detection, brats2023_lesionwise, isles22_lesions
@@ -91,18 +104,18 @@ def evaluate_case(
 
 def evaluate_folders(
     pred_dir: str | Path,
-    ref_dir: str | Path,
+    references: Mapping[str, str | Path],
     regions: Mapping[str, Sequence[int]],
     protocol: Protocol,
     allowed_labels: set[int],
-    ref_name: Callable[[str], str | None] | None = None,
+    *,
+    workers: int = 1,
+    progress: bool = False,
 ) -> FolderEvaluation:
     """Score every reference case against ``<pred_dir>/<case_id>.nii.gz`` (or ``.nii``).
 
-    References are found anywhere under ``ref_dir``; ``ref_name`` maps a reference file's path relative
-    to ``ref_dir`` (POSIX form) to its case id, or to None for files that are not references. The
-    default, :func:`default_reference_case`, accepts ``<case_id>.nii.gz`` and the BraTS training layout
-    ``<case_id>/<case_id>_seg.nii.gz``. Spacing comes from the reference header.
+    ``references`` maps a case id to its reference label map (``Edition.find_references`` finds them in
+    a release as released). Spacing comes from the reference header. Rows are ordered by case id.
 
     Predictions are untrusted: each header is checked before any voxel is read (3D, at most
     ``MAX_VOXELS`` voxels, an integer or float voxel type, the reference grid). A prediction that is
@@ -111,64 +124,41 @@ def evaluate_folders(
     leaving ``pred_dir`` is reported in one line and scored as empty. Files matching no reference are
     reported and ignored.
 
+    ``workers``: processes scoring cases in parallel (1: in this process, no pool); the rows, problem
+    lines and every value are the same for any number. ``progress``: a progress bar on stderr.
+
     Raises:
-        BrainbenchDataError: a folder is missing, no reference is found, two references share a case
-            id, or a reference is unreadable, has disallowed labels or links outside ``ref_dir``.
+        BrainbenchDataError: the prediction folder is missing, or a reference is unreadable or has
+            disallowed labels.
     """
-    pred_root = _existing_dir(pred_dir)
-    ref_root = _existing_dir(ref_dir)
-    references = _find_references(ref_root, ref_name or default_reference_case)
-    problems: list[str] = []
-    predictions = _find_predictions(pred_root, problems)
-    rows = []
-    for case_id, ref_path in references.items():
-        ref, ref_grid = load_label(ref_path, allowed=allowed_labels)
-        candidates = predictions.pop(case_id, [])
-        pred = _prediction_or_none(case_id, candidates, pred_root, ref_grid, allowed_labels, problems)
-        if pred is None:
-            pred = np.zeros_like(ref)
-        case_rows = evaluate_case(pred, ref, ref_grid.spacing, regions, protocol)
-        rows.extend({"case": case_id, **row} for row in case_rows)
-    for paths in predictions.values():
-        problems.extend(f"{path}: matches no reference case in {ref_root}; ignored" for path in paths)
-    return FolderEvaluation(metrics=pd.DataFrame(rows, columns=list(METRIC_COLUMNS)), problems=problems)
-
-
-def default_reference_case(relative_path: str) -> str | None:
-    """``case.nii.gz`` at the top of the folder, or ``…/case/case_seg.nii.gz`` at any depth → ``case``."""
-    parts = PurePosixPath(relative_path).parts
-    stem = strip_nifti_suffix(parts[-1])
-    if len(parts) == 1:
-        return stem
-    if stem == f"{parts[-2]}_seg":
-        return parts[-2]
-    return None
+    return _evaluate([pred_dir], None, references, regions, protocol, allowed_labels, workers, progress)
 
 
 def evaluate_submissions(
     submission_dirs: Sequence[str | Path],
-    ref_dir: str | Path,
+    references: Mapping[str, str | Path],
     regions: Mapping[str, Sequence[int]],
     protocol: Protocol,
     allowed_labels: set[int],
-    ref_name: Callable[[str], str | None] | None = None,
+    *,
+    workers: int = 1,
+    progress: bool = False,
 ) -> FolderEvaluation:
     """:func:`evaluate_folders` for each submission folder; ``team`` (the folder's name) leads each row.
 
+    Rows and problem lines come team by team, in ``submission_dirs`` order. With ``workers > 1`` one pool
+    scores every (team, case) pair; each reference is read once for all teams.
+
     Raises:
-        BrainbenchConfigError: two submission folders share a name.
+        BrainbenchConfigError: no submission folder, or two share a name.
     """
+    if not submission_dirs:
+        raise BrainbenchConfigError("--submissions: no submission folders to score")
     teams = [Path(folder).resolve().name for folder in submission_dirs]
     repeated = sorted({team for team in teams if teams.count(team) > 1})
     if repeated:
         raise BrainbenchConfigError(f"--submissions: team names (folder names) must differ; repeated: {repeated}")
-    frames, problems = [], []
-    for team, folder in zip(teams, submission_dirs):
-        result = evaluate_folders(folder, ref_dir, regions, protocol, allowed_labels, ref_name)
-        frames.append(result.metrics.assign(team=team))
-        problems.extend(f"team {team}: {problem}" for problem in result.problems)
-    metrics = pd.concat(frames, ignore_index=True)[["team", *METRIC_COLUMNS]]
-    return FolderEvaluation(metrics=metrics, problems=problems)
+    return _evaluate(submission_dirs, teams, references, regions, protocol, allowed_labels, workers, progress)
 
 
 def write_metrics_csv(frame: pd.DataFrame, path: str | Path) -> Path:
@@ -178,6 +168,287 @@ def write_metrics_csv(frame: pd.DataFrame, path: str | Path) -> Path:
         raise ValueError(f"metrics table lacks columns {missing}")
     columns = ["team", *METRIC_COLUMNS] if "team" in frame.columns else list(METRIC_COLUMNS)
     return write_atomic(path, lambda tmp: frame.to_csv(tmp, columns=columns, index=False))
+
+
+# -- scoring folders: one job per case, in this process or in a spawn pool ----------------------------
+
+_CaseJob = tuple[str, Path, tuple[tuple[Path, tuple[Path, ...]], ...]]
+"""``(case_id, reference path, ((prediction folder, candidate files), ...))``, one entry per team."""
+
+_CaseResult = list[tuple[list[tuple[str, str, float]], list[str]]]
+"""Per team: the case's ``(region, metric, value)`` rows and its problem lines."""
+
+
+def _evaluate(
+    folders: Sequence[str | Path],
+    teams: list[str] | None,
+    references: Mapping[str, str | Path],
+    regions: Mapping[str, Sequence[int]],
+    protocol: Protocol,
+    allowed_labels: set[int],
+    workers: int,
+    progress: bool,
+) -> FolderEvaluation:
+    """Score ``folders`` (one per team; ``teams`` None for the single-folder table without a team column)."""
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise BrainbenchConfigError(f"workers must be a whole number of at least 1, got {workers!r}")
+    workers = int(workers)
+    roots = [_existing_dir(folder) for folder in folders]
+    if not references:
+        raise BrainbenchConfigError("no reference label maps to score against")
+    problems: list[list[str]] = [[] for _ in roots]
+    predictions = [_find_predictions(root, team_problems) for root, team_problems in zip(roots, problems)]
+    jobs: list[_CaseJob] = []
+    for case_id, ref_path in sorted(references.items()):
+        submissions = tuple((root, tuple(found.pop(case_id, []))) for root, found in zip(roots, predictions))
+        jobs.append((case_id, Path(ref_path), submissions))
+    rows: list[list[tuple]] = [[] for _ in roots]
+    for job, result in zip(jobs, _scored(jobs, regions, protocol, allowed_labels, workers, progress)):
+        for team_rows, team_problems, (case_rows, case_problems) in zip(rows, problems, result):
+            team_rows.extend((job[0], *row) for row in case_rows)
+            team_problems.extend(case_problems)
+    for team_problems, found in zip(problems, predictions):
+        for paths in found.values():
+            team_problems.extend(f"{path}: matches no reference case; ignored" for path in paths)
+    if teams is None:
+        return FolderEvaluation(metrics=pd.DataFrame(rows[0], columns=list(METRIC_COLUMNS)), problems=problems[0])
+    metrics = pd.DataFrame(
+        [(team, *row) for team, team_rows in zip(teams, rows) for row in team_rows], columns=["team", *METRIC_COLUMNS]
+    )
+    lines = [f"team {team}: {problem}" for team, team_problems in zip(teams, problems) for problem in team_problems]
+    return FolderEvaluation(metrics=metrics, problems=lines)
+
+
+def _score_job(
+    job: _CaseJob, regions: Mapping[str, Sequence[int]], protocol: Protocol, allowed: set[int]
+) -> _CaseResult:
+    """Read one reference and each team's prediction of it; score each against it."""
+    case_id, ref_path, submissions = job
+    ref, ref_grid = _read_labels(ref_path, allowed)
+    result = []
+    for root, candidates in submissions:
+        problems: list[str] = []
+        pred = _prediction_or_none(case_id, list(candidates), root, ref_grid, allowed, problems)
+        if pred is None:
+            pred = np.zeros_like(ref)
+        case_rows = evaluate_case(pred, ref, ref_grid.spacing, regions, protocol)
+        result.append(([(row["region"], row["metric"], row["value"]) for row in case_rows], problems))
+    return result
+
+
+def _scored(
+    jobs: list[_CaseJob],
+    regions: Mapping[str, Sequence[int]],
+    protocol: Protocol,
+    allowed: set[int],
+    workers: int,
+    progress: bool,
+) -> Iterator[_CaseResult]:
+    """Each job's result, in job order: here, or streamed back from ``workers`` spawned processes."""
+    pairs = sum(len(job[2]) for job in jobs)
+    with _progress_bar(progress, pairs) as advance:
+        if workers == 1 or len(jobs) == 1:
+            for job in jobs:
+                result = _score_job(job, regions, protocol, allowed)
+                advance(len(result))
+                yield result
+            return
+        context = ({name: tuple(labels) for name, labels in regions.items()}, protocol, set(allowed))
+        processes = min(workers, len(jobs))
+        chunksize = max(1, min(8, len(jobs) // (4 * processes)))
+        with multiprocessing.get_context("spawn").Pool(processes, _start_worker, context) as pool:
+            for result in pool.imap(_score_in_worker, jobs, chunksize=chunksize):
+                if isinstance(result, _Raised):
+                    raise result.error()
+                advance(len(result))
+                yield result
+
+
+_WORKER_CONTEXT: tuple | None = None
+"""``(regions, protocol, allowed labels)`` in a worker process, sent once when it starts."""
+
+
+def _start_worker(regions: dict[str, tuple[int, ...]], protocol: Protocol, allowed: set[int]) -> None:
+    global _WORKER_CONTEXT
+    _WORKER_CONTEXT = (regions, protocol, allowed)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which terminates the pool
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """An exception raised in a worker, in a form sure to unpickle in the parent: an exception whose
+    ``__init__`` does not take its ``args`` back (as :class:`BrainbenchDataError`) fails to unpickle
+    in the pool's result thread, and the pool then waits forever."""
+
+    path: Path | None = None
+    problem: str = ""
+    exception: BaseException | None = None
+
+    def error(self) -> BaseException:
+        return BrainbenchDataError(self.path, self.problem) if self.exception is None else self.exception
+
+
+def _score_in_worker(job: _CaseJob) -> _CaseResult | _Raised:
+    try:
+        return _score_job(job, *_WORKER_CONTEXT)
+    except BrainbenchDataError as error:
+        return _Raised(path=error.path, problem=error.problem)
+    except Exception as error:
+        try:
+            pickle.loads(pickle.dumps(error))
+        except Exception:
+            error = RuntimeError(f"{type(error).__name__}: {error}")
+        return _Raised(exception=error)
+
+
+@contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    """``advance(n)``: a rich progress bar on stderr (cases done / total, rate, ETA), or nothing."""
+    if not enabled:
+        yield lambda done: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("? cases/s" if speed is None else f"{speed:.1f} cases/s", style="progress.data.speed")
+
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("scoring", total=total)
+        yield lambda done: bar.advance(task, done)
+
+
+# -- reading label maps ---------------------------------------------------------------------------------
+
+
+def _read_labels(
+    path: str | Path,
+    allowed: set[int] | None,
+    grid: Grid | None = None,
+    image: nib.spatialimages.SpatialImage | None = None,
+) -> tuple[np.ndarray, Grid]:
+    """``load_label(path, allowed)``, several times faster on the integer NIfTI files labels come in.
+
+    Same labels (in the file's integer type, e.g. uint8, rather than int16: every metric sees only
+    masks), same errors: any file the fast path is not sure of - MetaImage/NRRD, float voxels, scaling,
+    a value outside ``allowed`` or int16, a damaged or multi-member gzip stream, anything unexpected -
+    is read by ``load_label`` itself, which raises exactly as before. ``grid`` (``read_grid(path)``)
+    and ``image`` (``nib.load(path)``), when the caller has them already, spare reading the header again.
+    """
+    path = Path(path)
+    if not path.name.endswith(NIFTI_SUFFIXES):
+        return load_label(path, allowed=allowed)
+    if grid is None:
+        grid = read_grid(path)  # the header checks (and errors) of load_label
+    try:
+        labels = _integer_voxels(path, grid, image)
+        fast = labels is not None and _labels_within(labels, allowed)
+    except Exception:  # whatever it is, load_label reports it as it always has
+        fast = False
+    return (labels, grid) if fast else load_label(path, allowed=allowed)
+
+
+def _integer_voxels(path: Path, grid: Grid, image: nib.spatialimages.SpatialImage | None) -> np.ndarray | None:
+    """The voxels of an unscaled integer NIfTI file as its own type, or None for any other file.
+
+    ``.gz`` files (nibabel decides by the name too) are inflated by zlib straight into the array's
+    buffer and only up to the last voxel, as nibabel reads them (it checks no CRC either); the rest of
+    nibabel's gzip reader is what makes ``load_label`` slow. The array is read-only.
+    """
+    proxy = (image if image is not None else nib.load(str(path))).dataobj
+    if not isinstance(proxy, ArrayProxy) or proxy.dtype.kind not in "iu" or (proxy.slope, proxy.inter) != (1, 0):
+        return None
+    if not path.name.endswith(".gz"):
+        return np.array(np.asanyarray(proxy)).reshape(grid.shape)
+    size = proxy.offset + int(np.prod(proxy.shape, dtype=np.int64)) * proxy.dtype.itemsize
+    buffer = _inflate_gzip(path, size)
+    if buffer is None:
+        return None
+    array = np.ndarray(proxy.shape, dtype=proxy.dtype, buffer=buffer, offset=proxy.offset, order=proxy.order)
+    return array.reshape(grid.shape)
+
+
+def _inflate_gzip(path: Path, size: int, chunk: int = 1 << 22) -> bytes | None:
+    """The first ``size`` bytes of the gzip file ``path``, or None unless it is a sound gzip stream that long.
+
+    Raw deflate after the gzip header: zlib's gzip mode would also compute the CRC-32 of the ~9 MB
+    (a third of the time), which nibabel's reader never compares when it stops at the last voxel.
+    """
+    with open(path, "rb") as stream:
+        pending = stream.read(chunk)
+        start = _deflate_start(pending)
+        if start is None:
+            return None
+        pending = pending[start:]
+        inflater = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
+        parts, produced = [], 0
+        while produced < size:
+            if not pending:
+                pending = stream.read(chunk)
+                if not pending:
+                    return None
+            try:
+                part = inflater.decompress(pending, size - produced)
+            except zlib.error:
+                return None
+            pending = inflater.unconsumed_tail
+            parts.append(part)
+            produced += len(part)
+            if inflater.eof and produced < size:  # a short first member: leave it to nibabel
+                return None
+    return b"".join(parts)
+
+
+def _deflate_start(head: bytes) -> int | None:
+    """Where the deflate data begin in a gzip file starting with ``head`` (RFC 1952), or None."""
+    if len(head) < 10 or head[:3] != b"\x1f\x8b\x08" or head[3] & 0xE0:
+        return None
+    flags, start = head[3], 10
+    if flags & 4:  # FEXTRA
+        if len(head) < start + 2:
+            return None
+        start += 2 + int.from_bytes(head[start : start + 2], "little")
+    for flag in (8, 16):  # FNAME, FCOMMENT: zero-terminated
+        if flags & flag:
+            end = head.find(b"\0", start)
+            if end < 0:
+                return None
+            start = end + 1
+    if flags & 2:  # FHCRC
+        start += 2
+    return start if start < len(head) else None
+
+
+def _labels_within(labels: np.ndarray, allowed: set[int] | None) -> bool:
+    """Whether every value of ``labels`` is in ``allowed`` (when given) and in int16 range.
+
+    Min and max, then one comparison per value between them that is not allowed: a few passes over
+    the volume instead of ``np.unique``'s sort.
+    """
+    low, high = int(labels.min()), int(labels.max())
+    if low < np.iinfo(np.int16).min or high > np.iinfo(np.int16).max:
+        return False
+    if allowed is None:
+        return True
+    if low not in allowed or high not in allowed:
+        return False
+    absent = [value for value in range(low + 1, high) if value not in allowed]
+    if len(absent) > 16:
+        return set(np.unique(labels).tolist()) <= set(allowed)
+    return not any((labels == value).any() for value in absent)
 
 
 _SURFACE_METRICS: dict[tuple[str, str], Callable[..., float]] = {
@@ -294,25 +565,6 @@ def _inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root)
 
 
-def _find_references(root: Path, case_of: Callable[[str], str | None]) -> dict[str, Path]:
-    """Case id → reference file, sorted by case id; symlinked folders are not entered."""
-    found: dict[str, Path] = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = Path(folder) / name
-            case_id = case_of(path.relative_to(root).as_posix()) if name.endswith(VOLUME_SUFFIXES) else None
-            if case_id is None:
-                continue
-            if not _inside(path, root):
-                raise BrainbenchDataError(path, f"reference is a link that resolves outside {root}")
-            if case_id in found:
-                raise BrainbenchDataError(path, f"case {case_id!r} already has reference {found[case_id]}")
-            found[case_id] = path
-    if not found:
-        raise BrainbenchDataError(root, "no reference label maps found")
-    return dict(sorted(found.items()))
-
-
 def _find_predictions(root: Path, problems: list[str]) -> dict[str, list[Path]]:
     """Case id → prediction files at the top of ``root``; anything else is reported and ignored."""
     found: dict[str, list[Path]] = {}
@@ -341,10 +593,10 @@ def _prediction_or_none(
         if not _inside(path, root):
             raise BrainbenchDataError(path, f"link resolves outside {root}")
         grid = read_grid(path)
-        _check_voxel_type(path)
+        image = _check_voxel_type(path)
         if not grid.matches(ref_grid):
             raise BrainbenchDataError(path, _grid_mismatch(grid, ref_grid))
-        pred, _ = load_label(path, allowed=allowed)
+        pred, _ = _read_labels(path, allowed, grid=grid, image=image)
     except BrainbenchDataError as error:
         problems.append(f"{error}; {_EMPTY_SCORED}")
         return None
@@ -355,11 +607,15 @@ def _prediction_or_none(
     return pred
 
 
-def _check_voxel_type(path: Path) -> None:
-    """Refuse header voxel types that cannot hold labels (RGB, complex, ...), before reading voxels."""
-    dtype = nib.load(str(path)).get_data_dtype()
+def _check_voxel_type(path: Path) -> nib.spatialimages.SpatialImage:
+    """Refuse header voxel types that cannot hold labels (RGB, complex, ...), before reading voxels.
+
+    Returns the image (header only; its voxels are read on demand)."""
+    image = nib.load(str(path))
+    dtype = image.get_data_dtype()
     if dtype.kind not in "iuf":
         raise BrainbenchDataError(path, f"voxel type {dtype} in header; expected an integer or float type")
+    return image
 
 
 def _grid_mismatch(grid: Grid, ref_grid: Grid) -> str:

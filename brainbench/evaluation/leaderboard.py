@@ -10,7 +10,7 @@ CSV, HTML and LaTeX; figures as PNG.
 from __future__ import annotations
 
 import html
-import tempfile
+from importlib.resources import files
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainbench.data.io import write_atomic
+from brainbench.challenges.base import Edition, Unranked
+from brainbench.io import write_atomic
 from brainbench.errors import BrainbenchDataError
 from brainbench.evaluation.plots import case_metric_png, rank_stability_png
-from brainbench.evaluation.protocols import METRIC_UNITS
-from brainbench.evaluation.ranking import RankingRule, per_case_ranks
+from brainbench.evaluation.protocols import METRIC_UNITS, protocol_for
+from brainbench.evaluation.ranking import RankingRule, per_case_ranks, rule_for
 from brainbench.evaluation.stats import adjacent_permutation_tests, bootstrap_ranks
 
-PUBLISHED_DIR = Path(__file__).resolve().parents[2] / "leaderboards" / "published"
-"""Published numbers (CSV, one value per row) with citation, split and the spec's evidence tag."""
+PUBLISHED_DIR = Path(str(files("brainbench.leaderboards").joinpath("published")))
+"""Published numbers (the repository's ``leaderboards/published``, shipped as package data) (CSV, one value per row) with citation, split and the spec's evidence tag."""
 PUBLISHED_COLUMNS = ("split", "region", "metric", "value", "verified", "citation", "spec")
 SPLITS = ("training CV", "leaderboard set", "challenge test set", "unknown")
 EVIDENCE_TAGS = {
@@ -48,7 +49,10 @@ STATISTICS = {
 }
 
 
-CELL_LEGEND = "Cells: mean±std (median; 25th–75th percentile) over test cases; Dice unitless, HD95 in mm."
+def cell_legend(metrics: Sequence[str]) -> str:
+    """How to read a ``mean±std (median; q25–q75)`` cell, with the unit of each metric shown."""
+    units = ", ".join(f"{metric} [{METRIC_UNITS[metric]}]" for metric in metrics)
+    return f"Cells: mean±std (median; 25th–75th percentile) over test cases; units: {units} (1 = unitless)."
 
 
 def summary_metrics(metrics: pd.DataFrame, prefix: str = "test") -> dict[str, float]:
@@ -65,9 +69,12 @@ def summary_metrics(metrics: pd.DataFrame, prefix: str = "test") -> dict[str, fl
     return summary
 
 
-def leaderboard_table(runs: pd.DataFrame, regions: Sequence[str], metrics: Sequence[str] = ("dice", "hd95"),
+def leaderboard_table(runs: pd.DataFrame, regions: Sequence[str], metrics: Sequence[str],
                       prefix: str = "test") -> pd.DataFrame:
     """One row per run: for each region × metric, ``mean±std (median; q25–q75)``.
+
+    ``metrics`` are the edition's headline metrics (:func:`headline_metrics`), so a protocol without
+    HD95 gets no HD95 column.
 
     ``runs`` is :func:`brainbench.tracking.mlflow.runs_frame` output; runs lacking the summary
     metrics (e.g. interrupted before evaluation) are left out.
@@ -108,7 +115,14 @@ def data_source_note(table: pd.DataFrame) -> str:
     return f"Data source: {', '.join(sources)}."
 
 
-def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = (CELL_LEGEND,)) -> str:
+def headline_metrics(edition: Edition) -> tuple[str, ...]:
+    """The metrics a leaderboard shows for ``edition``: its ranking rule's, or its protocol's when unranked."""
+    if isinstance(edition.ranking, Unranked):
+        return protocol_for(edition).metrics
+    return rule_for(edition).metrics
+
+
+def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
     """GitHub Markdown with a title, the data-source note and ``notes`` (default: the cell legend)."""
     lines = [f"# {title}", ""]
     for note in (data_source_note(table), *notes):
@@ -123,7 +137,7 @@ def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = (CELL_LE
     return "\n".join(lines) + "\n"
 
 
-def to_html(table: pd.DataFrame, title: str, notes: Sequence[str] = (CELL_LEGEND,)) -> str:
+def to_html(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
     """A standalone HTML page: title, notes as paragraphs, the table (all text escaped)."""
     paragraphs = "".join(f"<p>{html.escape(note)}</p>\n" for note in (data_source_note(table), *notes))
     body = _display(table).to_html(index=False, escape=True, border=0)
@@ -131,7 +145,7 @@ def to_html(table: pd.DataFrame, title: str, notes: Sequence[str] = (CELL_LEGEND
             f"<body>\n<h1>{html.escape(title)}</h1>\n{paragraphs}{body}\n</body></html>\n")
 
 
-def to_latex(table: pd.DataFrame, title: str, notes: Sequence[str] = (CELL_LEGEND,)) -> str:
+def to_latex(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
     """A LaTeX ``table`` environment (booktabs) whose caption holds the title and the notes."""
     caption = " ".join([title + ".", data_source_note(table), *notes])
     return _display(table).to_latex(index=False, escape=True, caption=caption.replace("%", r"\%"),
@@ -139,7 +153,7 @@ def to_latex(table: pd.DataFrame, title: str, notes: Sequence[str] = (CELL_LEGEN
 
 
 def write_tables(table: pd.DataFrame, out_dir: str | Path, title: str,
-                 notes: Sequence[str] = (CELL_LEGEND,)) -> list[Path]:
+                 notes: Sequence[str] = ()) -> list[Path]:
     """``leaderboard.{md,csv,html,tex}`` in ``out_dir``, each written atomically."""
     out_dir = Path(out_dir)
     texts = {"md": to_markdown(table, title, notes), "html": to_html(table, title, notes),
@@ -187,7 +201,7 @@ def rank_teams(frame: pd.DataFrame, rule: RankingRule, title: str, data_source: 
     """
     ranking = rule.rank(frame, ties)
     teams = list(ranking["team"])
-    metrics = [m for m in rule.metrics if m in set(frame["metric"])]
+    metrics = rule.metrics
     table = ranking.copy()
     notes = [f"Ranking: {rule.name} ({rule.source}); score = {rule.score_meaning}; ties '{ties}'."]
     if rule.name == "brats-rank-then-aggregate":
@@ -210,7 +224,7 @@ def rank_teams(frame: pd.DataFrame, rule: RankingRule, title: str, data_source: 
             values = frame[(frame["region"] == region) & (frame["metric"] == metric)]
             table[f"{region} {metric}"] = [_values_cell(values[values["team"] == t]["value"], metric) for t in teams]
     table["data"] = data_source
-    notes.append(CELL_LEGEND)
+    notes.append(cell_legend(metrics))
     files: list[Path] = []
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -256,48 +270,7 @@ def load_published(name: str | None = None, folder: str | Path = PUBLISHED_DIR) 
     return pd.concat(frames, ignore_index=True)
 
 
-def experiment_case_metrics(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
-    """Per-case ``metrics.csv`` artifacts of an experiment's runs as one long frame, team = run name.
-
-    Runs without that artifact and earlier leaderboard runs (tag ``kind=leaderboard``) are skipped.
-    """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    frames = []
-    names = runs.get("run_name", pd.Series(index=runs.index, dtype=object)).fillna("")
-    repeated = set(names[names.duplicated()]) | {""}
-    with tempfile.TemporaryDirectory() as tmp:
-        for (_, run), name in zip(runs.iterrows(), names):
-            if run.get("tags.kind") == "leaderboard":
-                continue
-            if "metrics.csv" not in {artifact.path for artifact in client.list_artifacts(run["run_id"])}:
-                continue
-            local = client.download_artifacts(run["run_id"], "metrics.csv", f"{tmp}/{run['run_id']}")
-            team = f"{name} ({run['run_id'][:8]})" if name in repeated else name
-            frames.append(pd.read_csv(local).assign(team=team))
-    if not frames:
-        return pd.DataFrame(columns=["team", "case", "region", "metric", "value"])
-    frame = pd.concat(frames, ignore_index=True)
-    return frame[["team", "case", "region", "metric", "value"]]
-
-
-def log_leaderboard_run(tracking_uri: str, experiment: str, files: Sequence[Path], tags: Mapping[str, str]) -> str:
-    """Log ``files`` as artifacts of a new finished run tagged ``kind=leaderboard``; return its id."""
-    from mlflow.tracking import MlflowClient
-
-    from brainbench.tracking.mlflow import ensure_experiment
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    run = client.create_run(ensure_experiment(tracking_uri, experiment), run_name="leaderboard",
-                            tags={"kind": "leaderboard", **tags})
-    for path in files:
-        client.log_artifact(run.info.run_id, str(path))
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
-
-
-def print_leaderboard(table: pd.DataFrame, title: str) -> None:
+def print_leaderboard(table: pd.DataFrame, title: str, legend: str) -> None:
     """Render the table on the terminal with rich."""
     from rich.console import Console
     from rich.table import Table
@@ -309,4 +282,4 @@ def print_leaderboard(table: pd.DataFrame, title: str) -> None:
     for _, row in table.iterrows():
         rich_table.add_row(*(str(row[c]) for c in table.columns))
     console.print(rich_table)
-    console.print(CELL_LEGEND)
+    console.print(legend)

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from brainbench.data.io import write_atomic  # noqa: E402
+from brainbench.io import write_atomic  # noqa: E402
 
 
 def overlay_png(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, path: str | Path,

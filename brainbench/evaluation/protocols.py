@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from brainbench.challenges.base import Edition
+from brainbench.errors import BrainbenchConfigError
 from brainbench.evaluation.lesions import BRATS2023_LESION_RULES, AnimaRule, BratsLesionRule
 
 METRIC_UNITS = {
@@ -303,3 +305,11 @@ PROTOCOLS: dict[str, Protocol] = {
     )
 }
 """Protocols by name; each challenge edition names its protocol (``Edition.protocol``)."""
+
+
+def protocol_for(edition: Edition) -> Protocol:
+    """The evaluation protocol ``edition`` declares (a user's declaration may name an unknown one)."""
+    if edition.protocol not in PROTOCOLS:
+        raise BrainbenchConfigError(f"{edition.name}: unknown evaluation protocol {edition.protocol!r}; "
+                                    f"known: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[edition.protocol]

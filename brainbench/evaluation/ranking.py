@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from brainbench.challenges.base import Edition, Unranked
 from brainbench.errors import BrainbenchConfigError
 
 LONG_COLUMNS = ("team", "case", "region", "metric", "value")
@@ -70,9 +71,11 @@ def _signed_scores(frame: pd.DataFrame, metrics: Sequence[str], index: Sequence[
     than ``pivot_table``: the bootstrap calls this hundreds of times.
     """
     check_long_frame(frame)
+    absent = [metric for metric in metrics if metric not in set(frame["metric"])]
+    if absent:
+        raise BrainbenchConfigError(f"metrics table: ranked metrics {absent} are missing (it holds "
+                                    f"{sorted(set(frame['metric']))}); a ranked metric is never dropped")
     selected = frame[frame["metric"].isin(metrics)]
-    if selected.empty:
-        raise BrainbenchConfigError(f"metrics table: none of the ranked metrics {list(metrics)} present")
     codes, levels = zip(*(pd.factorize(selected[column]) for column in index))
     shape = tuple(len(level) for level in levels)
     row_codes, rows = pd.factorize(np.ravel_multi_index(codes, shape))
@@ -223,6 +226,9 @@ class RankingRule:
 RULES: dict[str, RankingRule] = {rule.name: rule for rule in (
     RankingRule("brats-rank-then-aggregate", rank_then_aggregate, ("dice", "hd95"), "challenges.md §2.7",
                 "mean of per-case ranks over regions × {Dice, HD95} (lower is better)"),
+    RankingRule("brats2023-lesionwise-rank-then-aggregate", rank_then_aggregate, ("lesion_dice", "lesion_hd95"),
+                "challenges.md §2.6 item 9 [V], aggregation as §2.7 [I]",
+                "mean of per-case ranks over regions × {lesion-wise Dice, lesion-wise HD95} (lower is better)"),
     RankingRule("vsd-mean-of-metric-ranks", mean_of_metric_ranks, ("dice", "ppv", "sensitivity"),
                 "challenges.md §2.7", "mean over regions of the mean metric rank (lower is better)"),
     RankingRule("mrbrains13-rank-sum", mrbrains13_rank_sum, ("dice", "hd95", "avd"), "challenges.md §5",
@@ -236,22 +242,12 @@ RULES: dict[str, RankingRule] = {rule.name: rule for rule in (
                 "mean Dice (segmentation; higher is better); detection ranked separately on mean F1"),
 )}
 
-_VSD_BRATS = tuple(f"brats{year}" for year in range(2012, 2016))
-_VSD_ISLES = ("isles2015", "isles2016", "isles2017")
 
-
-def rule_for(edition: str, challenge: str) -> RankingRule:
-    """The ranking rule of an edition (e.g. ``brats2020`` of challenge ``brats``; ``isles2015_siss``)."""
-    if challenge == "brats":
-        return RULES["vsd-mean-of-metric-ranks" if edition.startswith(_VSD_BRATS) else "brats-rank-then-aggregate"]
-    if edition.startswith(_VSD_ISLES):
-        return RULES["isles-mean-rank"]
-    if edition == "isles2022":
-        return RULES["isles2022-mean-rank"]
-    if edition == "msseg2016":
-        return RULES["msseg-separate"]
-    if edition in ("mrbrains13", "mrbrains2013"):
-        return RULES["mrbrains13-rank-sum"]
-    raise BrainbenchConfigError(
-        f"edition {edition!r}: the spec gives no ranking rule (rules known: {', '.join(RULES)})"
-    )
+def rule_for(edition: Edition) -> RankingRule:
+    """The ranking rule ``edition`` declares; an edition without one is a one-line error saying why."""
+    if isinstance(edition.ranking, Unranked):
+        raise BrainbenchConfigError(f"{edition.name} is not ranked: {edition.ranking.reason}")
+    if edition.ranking not in RULES:
+        raise BrainbenchConfigError(f"{edition.name}: unknown ranking rule {edition.ranking!r}; "
+                                    f"known: {', '.join(RULES)}")
+    return RULES[edition.ranking]

@@ -35,7 +35,6 @@ import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 from scipy.spatial import cKDTree
 
-_SIX_CONNECTED = generate_binary_structure(3, 1)
 _FULL_3X3X3 = generate_binary_structure(3, 3)
 _IN_PLANE_3X3 = np.ones((3, 3, 1), dtype=bool)
 
@@ -182,7 +181,22 @@ def _kth_ranked(distances: np.ndarray, percentile: float) -> float:
 
 
 def _boundary(mask: np.ndarray) -> np.ndarray:
-    return mask ^ binary_erosion(mask, structure=_SIX_CONNECTED, iterations=1)
+    """``mask ^ binary_erosion(mask, generate_binary_structure(3, 1))`` (array-edge voxels are boundary), C order.
+
+    The erosion is the AND of the mask with its six face-shifted copies, written as slices of a
+    C-ordered copy: several times faster than scipy's generic erosion on the cropped boxes, same voxels.
+    """
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    boundary = np.zeros(mask.shape, dtype=bool)
+    inner = boundary[1:-1, 1:-1, 1:-1]
+    np.copyto(inner, mask[1:-1, 1:-1, 1:-1])
+    for axis in range(3):
+        for step in (slice(None, -2), slice(2, None)):
+            neighbour = [slice(1, -1)] * 3
+            neighbour[axis] = step
+            inner &= mask[tuple(neighbour)]
+    boundary ^= mask  # interior ^ mask: the mask less its interior
+    return boundary
 
 
 def _mask_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

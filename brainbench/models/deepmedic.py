@@ -71,6 +71,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -86,6 +87,8 @@ __all__ = [
     "extract_training_pair",
     "normal_window",
     "subsampled_window",
+    "TwoPathwaySegments",
+    "window",
 ]
 
 CONV_LAYERS = 8
@@ -114,7 +117,7 @@ def subsampled_window(start: int, size: int, factor: int = 3) -> tuple[int, int]
     return lo, lo + factor * n
 
 
-def _window(array, lo: Sequence[int], hi: Sequence[int], step: int, fill):
+def window(array, lo: Sequence[int], hi: Sequence[int], step: int, fill):
     """``array[..., lo:hi:step]`` on the last three axes, with ``fill`` where it leaves the array.
 
     Works on numpy arrays and torch tensors (the result is the same kind, dtype and device).
@@ -149,8 +152,8 @@ def extract_segment_pair(volume, block_start: Sequence[int], block_size: int | S
     size = _per_axis(block_size, "block_size")
     normal = [normal_window(b, o) for b, o in zip(start, size)]
     sub = [subsampled_window(b, o, factor) for b, o in zip(start, size)]
-    return (_window(volume, [w[0] for w in normal], [w[1] for w in normal], 1, 0),
-            _window(volume, [w[0] for w in sub], [w[1] for w in sub], factor, 0))
+    return (window(volume, [w[0] for w in normal], [w[1] for w in normal], 1, 0),
+            window(volume, [w[0] for w in sub], [w[1] for w in sub], factor, 0))
 
 
 def _block_start(center: Sequence[int], output_size: Sequence[int]) -> list[int]:
@@ -185,13 +188,13 @@ def extract_label_block(label, center: Sequence[int], output_size: int | Sequenc
     lo = _block_start(_per_axis(center, "center"), size)
     hi = [b + o for b, o in zip(lo, size)]
     if isinstance(label, Tensor):
-        return _window(label.long(), lo, hi, 1, fill)
+        return window(label.long(), lo, hi, 1, fill)
     array = np.asarray(label)
     info = np.iinfo(array.dtype) if np.issubdtype(array.dtype, np.integer) else None
     if info is None or not info.min <= fill <= info.max:
         array = array.astype(np.int64)
     # cut the block first and widen it after: the cached label is a memory-mapped int8 volume
-    return _window(array, lo, hi, 1, fill).astype(np.int64)
+    return window(array, lo, hi, 1, fill).astype(np.int64)
 
 
 class _InputBias(nn.Module):
@@ -296,3 +299,30 @@ class DeepMedic(nn.Module):
         low = low[:, :, :out_size[0], :out_size[1], :out_size[2]]
         logits = self.fc_pathway(torch.cat([high, low], dim=1))
         return logits + self.class_bias.view(1, -1, 1, 1, 1)
+
+
+@dataclass(frozen=True)
+class TwoPathwaySegments:
+    """DeepMedic training segments: normal ``(C, S, S, S)`` and subsampled inputs, ``(O, O, O)`` target.
+
+    Args:
+        segment_size: normal-pathway segment edge in voxels (paper: 25, predicting 9³).
+        subsample_factor: the subsampled pathway's factor (paper: 3).
+        flip_x_probability: mirror the segment along x with this probability (paper: 0.5).
+    """
+
+    segment_size: int = 25
+    subsample_factor: int = 3
+    flip_x_probability: float = 0.5
+
+    @property
+    def output_size(self) -> int:
+        return self.segment_size - 2 * CONV_LAYERS
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, centre: tuple[int, int, int],
+                 rng: np.random.Generator) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        normal, subsampled = extract_training_pair(image, centre, self.segment_size, self.subsample_factor)
+        target = extract_label_block(label, centre, self.output_size)
+        if rng.random() < self.flip_x_probability:
+            normal, subsampled, target = (np.flip(a, axis=-3) for a in (normal, subsampled, target))
+        return (normal, subsampled), target

@@ -9,7 +9,8 @@ before any job starts (:class:`PrepareTrackingStore`, a Hydra callback).
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,38 @@ def runs_frame(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
          **{f"metrics.{k}": v for k, v in run.data.metrics.items()}}
         for run in runs
     ])
+
+
+def experiment_case_metrics(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per-case ``metrics.csv`` artifacts of an experiment's runs as one long frame, team = run name.
+
+    Runs without that artifact and earlier leaderboard runs (tag ``kind=leaderboard``) are skipped.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri)
+    frames = []
+    names = runs.get("run_name", pd.Series(index=runs.index, dtype=object)).fillna("")
+    repeated = set(names[names.duplicated()]) | {""}
+    with tempfile.TemporaryDirectory() as tmp:
+        for (_, run), name in zip(runs.iterrows(), names):
+            if run.get("tags.kind") == "leaderboard":
+                continue
+            if "metrics.csv" not in {artifact.path for artifact in client.list_artifacts(run["run_id"])}:
+                continue
+            local = client.download_artifacts(run["run_id"], "metrics.csv", f"{tmp}/{run['run_id']}")
+            team = f"{name} ({run['run_id'][:8]})" if name in repeated else name
+            frames.append(pd.read_csv(local).assign(team=team))
+    if not frames:
+        return pd.DataFrame(columns=["team", "case", "region", "metric", "value"])
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[["team", "case", "region", "metric", "value"]]
+
+
+def log_leaderboard_run(tracking_uri: str, experiment: str, files: Sequence[Path], tags: Mapping[str, str]) -> str:
+    """Log ``files`` as artifacts of a new finished run tagged ``kind=leaderboard``; return its id."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.create_run(ensure_experiment(tracking_uri, experiment), run_name="leaderboard",
+                            tags={"kind": "leaderboard", **tags})
+    for path in files:
+        client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id

@@ -172,9 +172,6 @@ class GradeSubset(ChallengeAdapter):
                                             f"{sorted({str(c.meta.get('grade')) for c in cases})})")
         return selected
 
-    def prediction_name(self, case_id: str) -> str:
-        return self.adapter.prediction_name(case_id)
-
     def validate(self, case: Case, check_label_values: bool = True):
         return self.adapter.validate(case, check_label_values)
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 from brainbench.challenges import EDITIONS, adapter_for
-from brainbench.challenges.brats import BratsAdapter
+from brainbench.challenges import ChallengeAdapter
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 from tests.conftest import write_brats_case, write_nifti
 
 
 def test_discovers_cases_with_channels_in_order(brats_tree):
-    cases = BratsAdapter("brats2020").discover(brats_tree)
+    cases = ChallengeAdapter("brats2020").discover(brats_tree)
     assert [c.case_id for c in cases] == [f"BraTS20_Training_00{i}" for i in (1, 2, 3)]
     assert list(cases[0].images) == ["flair", "t1", "t1ce", "t2"]
     assert cases[0].label.name == "BraTS20_Training_001_seg.nii.gz"
@@ -19,7 +19,7 @@ def test_discovers_cases_with_channels_in_order(brats_tree):
 def test_uncompressed_nii_and_misnamed_mask_of_case_355(tmp_path):
     write_brats_case(tmp_path, "BraTS20_Training_355", suffix=".nii", seg_name="W39_1998.09.19_Segm")
     write_brats_case(tmp_path, "BraTS20_Training_356", suffix=".nii")
-    cases = BratsAdapter("brats2020").discover(tmp_path)
+    cases = ChallengeAdapter("brats2020").discover(tmp_path)
     assert cases[0].label.name == "W39_1998.09.19_Segm.nii"
     assert cases[1].images["t1ce"].name == "BraTS20_Training_356_t1ce.nii"
 
@@ -27,19 +27,19 @@ def test_uncompressed_nii_and_misnamed_mask_of_case_355(tmp_path):
 def test_graded_editions_read_hgg_lgg_folders(tmp_path):
     write_brats_case(tmp_path / "HGG", "Brats18_2013_2_1")
     write_brats_case(tmp_path / "LGG", "Brats18_TCIA_101_1")
-    cases = BratsAdapter("brats2018").discover(tmp_path)
+    cases = ChallengeAdapter("brats2018").discover(tmp_path)
     assert {c.case_id: c.meta["grade"] for c in cases} == {"Brats18_2013_2_1": "HGG", "Brats18_TCIA_101_1": "LGG"}
 
 
 def test_missing_modality_names_the_file(tmp_path):
     write_brats_case(tmp_path, "BraTS20_Training_001", modalities=("flair", "t1", "t2"))
     with pytest.raises(BrainbenchDataError, match=r"BraTS20_Training_001_t1ce\.nii\.gz: missing t1ce channel"):
-        BratsAdapter("brats2020").discover(tmp_path)
+        ChallengeAdapter("brats2020").discover(tmp_path)
 
 
 def test_validate_rejects_grid_mismatch_and_label_3(tmp_path):
     folder = write_brats_case(tmp_path, "BraTS20_Training_001")
-    adapter = BratsAdapter("brats2020")
+    adapter = ChallengeAdapter("brats2020")
     case = adapter.discover(tmp_path)[0]
     assert adapter.validate(case).shape == (24, 24, 20)
     write_nifti(folder / "BraTS20_Training_001_t2.nii.gz", np.zeros((24, 24, 21), np.float32))
@@ -56,14 +56,14 @@ def test_validate_rejects_grid_mismatch_and_label_3(tmp_path):
 def test_unreadable_gzip_is_a_data_error(tmp_path):
     folder = write_brats_case(tmp_path, "BraTS20_Training_001")
     (folder / "BraTS20_Training_001_flair.nii.gz").write_bytes(b"\x1f\x8b\x08garbage")
-    adapter = BratsAdapter("brats2020")
+    adapter = ChallengeAdapter("brats2020")
     with pytest.raises(BrainbenchDataError, match="_flair.nii.gz: not a readable NIfTI"):
         adapter.validate(adapter.discover(tmp_path)[0])
 
 
 def test_empty_folder_and_unknown_edition(tmp_path):
-    with pytest.raises(BrainbenchDataError, match="no brats2020 case folders"):
-        BratsAdapter("brats2020").discover(tmp_path)
+    with pytest.raises(BrainbenchDataError, match="no brats2020 cases found"):
+        ChallengeAdapter("brats2020").discover(tmp_path)
     with pytest.raises(BrainbenchConfigError, match="unknown challenge edition 'brats1999'"):
         adapter_for("brats1999")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from brainbench.challenges import EDITIONS, adapter_for
-from brainbench.data.io import load_label
+from brainbench.io import load_label
 from brainbench.data.synth.brats import case_files, case_id, era_labels, synthesize_brats
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 from brainbench.evaluation.protocols import PROTOCOLS

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from brainbench.challenges import EDITIONS, adapter_for
-from brainbench.data.io import load_label, read_grid
+from brainbench.io import load_label, read_grid
 from brainbench.data.synth.isles import case_files, synthesize_isles
 from brainbench.errors import BrainbenchDataError
 from brainbench.evaluation.protocols import PROTOCOLS

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from brainbench.config import compose
 from hydra.utils import instantiate
 
 from brainbench.challenges import EDITIONS, adapter_for
-from brainbench.challenges.mrbrains import MRBRAINS18_EXCLUDED, TISSUE_OF_STRUCTURE, MrBrainSAdapter
-from brainbench.cli import CONF_DIR
-from brainbench.data.io import load_label, load_volume, read_grid
+from brainbench.challenges import ChallengeAdapter
+from brainbench.challenges.mrbrains import MRBRAINS18_EXCLUDED, TISSUE_OF_STRUCTURE
+from brainbench.io import load_label, load_volume, read_grid
 from brainbench.data.synth.tissue import synthesize_mrbrains13, synthesize_mrbrains18
 from brainbench.errors import BrainbenchDataError
 
@@ -29,7 +29,7 @@ def trees(tmp_path_factory):
 @pytest.mark.slow
 def test_mrbrains13_official_geometry_and_both_label_maps(tmp_path):
     synthesize_mrbrains13(tmp_path, n_cases=1, seed=0)
-    adapter = MrBrainSAdapter("mrbrains13")
+    adapter = ChallengeAdapter("mrbrains13")
     (case,) = adapter.discover(tmp_path)
     assert case.case_id == "train_1" and list(case.images) == ["t1", "t1_ir", "t2_flair"]
     assert case.images["t2_flair"].name == "T2_FLAIR.nii" and case.label.name == "LabelsForTesting.nii"
@@ -55,13 +55,13 @@ def test_mrbrains13_official_geometry_and_both_label_maps(tmp_path):
 def test_mrbrains13_test_ids_restart_at_one_and_t1_1mm_has_its_own_grid(trees):
     root = trees / "MRBrainS13DataNii"
     assert (root / "TrainingData" / "1").is_dir() and (root / "TestData" / "1").is_dir()
-    assert [c.case_id for c in MrBrainSAdapter("mrbrains13").discover(root)] == ["train_1", "train_2"]
-    everything = MrBrainSAdapter("mrbrains13", require_labels=False).discover(root)
+    assert [c.case_id for c in ChallengeAdapter("mrbrains13").discover(root)] == ["train_1", "train_2"]
+    everything = ChallengeAdapter("mrbrains13", require_labels=False).discover(root)
     assert [c.case_id for c in everything] == ["test_1", "test_2", "train_1", "train_2"]
     assert everything[0].label is None and everything[0].meta["release_id"] == "1"
     with pytest.raises(BrainbenchDataError, match="missing label map of case test_1"):
-        MrBrainSAdapter("mrbrains13").discover(root / "TestData")
-    adapter = MrBrainSAdapter("mrbrains13", modalities=["t1_1mm", "t2_flair"])
+        ChallengeAdapter("mrbrains13").discover(root / "TestData")
+    adapter = ChallengeAdapter("mrbrains13", modalities=["t1_1mm", "t2_flair"])
     assert adapter.edition.reference_grid == "t2_flair"
     case = adapter.discover(root)[0]
     own, reference = read_grid(case.images["t1_1mm"]), read_grid(case.images["t2_flair"])
@@ -84,12 +84,11 @@ def test_mrbrains18_ids_with_zero_padded_070_and_excluded_labels(trees):
 
 @pytest.mark.parametrize("edition", ["mrbrains13", "mrbrains18"])
 def test_hydra_configs_synthesise_and_read_back(edition, tmp_path):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            f"challenge={edition}", f"data=synthetic_{edition}", "data.synth.n_cases=1",
-            "data.synth.spacing_mm=[4.0,4.0,3.0]", f"paths.data_dir={tmp_path}",
-        ])
-    assert cfg.data.root.endswith(f"{edition}_4.0x3.0mm_seed0")
+    cfg = compose([
+        f"challenge={edition}", "data=synthetic", "data.synth.n_cases=1",
+        "data.synth.spacing_mm=[4.0,4.0,3.0]", f"paths.data_dir={tmp_path}",
+    ])
+    assert cfg.data.root.endswith(f"{edition}_4.0x4.0x3.0mm_seed0")
     instantiate(cfg.data.synth, root=tmp_path / "tree")
     adapter = instantiate(cfg.challenge.adapter)
     assert adapter.edition.protocol == edition

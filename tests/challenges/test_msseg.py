@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from brainbench.config import compose
 from hydra.utils import instantiate
 
 from brainbench.challenges import EDITIONS, adapter_for
-from brainbench.challenges.msseg import IsbiAdapter, Miccai2008Adapter, MssegAdapter
-from brainbench.cli import CONF_DIR
-from brainbench.data.io import load_label, load_volume, read_grid
+from brainbench.challenges import ChallengeAdapter
+from brainbench.io import load_label, load_volume, read_grid
 from brainbench.data.synth.common import release_grid
 from brainbench.data.synth.ms import (
     FOV_MM, synthesize_isbi2015, synthesize_miccai2008, synthesize_msseg2016,
@@ -39,7 +38,7 @@ def _values(path) -> set[int]:
 
 
 def test_msseg2016_original_layout_consensus_is_majority_of_seven_raters(trees):
-    adapter = MssegAdapter()
+    adapter = ChallengeAdapter("msseg2016")
     cases = adapter.discover(trees / "original" / "Training")
     assert [c.case_id for c in cases] == ["Center_01_Patient_01", "Center_07_Patient_01"]
     case = cases[0]
@@ -74,16 +73,16 @@ def test_missing_dp_needs_an_explicit_channel_subset(trees, tmp_path):
             if path.name != "DP_preprocessed.nii.gz":
                 (target / sub / path.name).symlink_to(path)
     with pytest.raises(BrainbenchDataError, match=r"DP_preprocessed\.nii\.gz: missing dp channel of case Center_01"):
-        MssegAdapter().discover(root)
-    adapter = MssegAdapter(modalities=["flair", "t1", "gado", "t2"])
+        ChallengeAdapter("msseg2016").discover(root)
+    adapter = ChallengeAdapter("msseg2016", modalities=["flair", "t1", "gado", "t2"])
     assert adapter.edition.modalities == ("flair", "t1", "gado", "t2") and adapter.edition.name == "msseg2016"
     assert list(adapter.discover(root)[0].images) == ["flair", "t1", "gado", "t2"]
     with pytest.raises(BrainbenchConfigError, match="modalities of msseg2016 must be distinct names"):
-        MssegAdapter(modalities=["flair", "pd"])
+        ChallengeAdapter("msseg2016", modalities=["flair", "pd"])
 
 
 def test_isbi2015_one_case_per_time_point_with_two_raters(trees):
-    adapter = IsbiAdapter()
+    adapter = ChallengeAdapter("isbi2015")
     cases = adapter.discover(trees / "isbi")
     assert [c.case_id for c in cases] == ["training01_01", "training01_02"]
     case = cases[1]
@@ -98,7 +97,7 @@ def test_isbi2015_one_case_per_time_point_with_two_raters(trees):
 
 
 def test_miccai2008_nrrd_detached_header_and_second_rater(trees):
-    adapter = Miccai2008Adapter()
+    adapter = ChallengeAdapter("miccai2008")
     root = trees / "miccai2008"
     cases = adapter.discover(root)
     assert [c.case_id for c in cases] == ["CHB_train_Case01", "UNC_train_Case01"]
@@ -133,11 +132,10 @@ def test_generation_is_deterministic_and_refuses_another_seed(trees, tmp_path):
 
 @pytest.mark.parametrize("edition", ["msseg2016", "isbi2015", "miccai2008"])
 def test_hydra_configs_synthesise_and_read_back(edition, tmp_path):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            f"challenge={edition}", f"data=synthetic_{edition}", "data.synth.n_cases=1",
-            f"data.synth.spacing_mm={SPACING}", f"paths.data_dir={tmp_path}",
-        ])
+    cfg = compose([
+        f"challenge={edition}", f"data=synthetic", "data.synth.n_cases=1",
+        f"data.synth.spacing_mm={SPACING}", f"paths.data_dir={tmp_path}",
+    ])
     assert str(SPACING) in cfg.data.root
     instantiate(cfg.data.synth, root=tmp_path / "tree")
     adapter = instantiate(cfg.challenge.adapter)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from brainbench.config import compose
 from hydra.utils import instantiate
 
 from brainbench.challenges import EDITIONS, adapter_for
-from brainbench.challenges.neobrains import NEO_LABELS, NeoBrainSAdapter
-from brainbench.cli import CONF_DIR
-from brainbench.data.io import load_label, load_volume
+from brainbench.challenges import ChallengeAdapter
+from brainbench.challenges.neobrains import NEO_LABELS
+from brainbench.io import load_label, load_volume
 from brainbench.data.synth.tissue import synthesize_neobrains12
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 
@@ -46,7 +46,7 @@ def test_each_image_set_is_its_own_edition(tree, edition, example, slice_world_a
 
 
 def test_neonatal_white_matter_contrast_is_inverted(tree):
-    (case,) = NeoBrainSAdapter("neobrains12_axial40").discover(tree)
+    (case,) = ChallengeAdapter("neobrains12_axial40").discover(tree)
     labels, _ = load_label(case.label)
     t1, t2 = (load_volume(case.images[m])[0] for m in ("t1", "t2"))
     gm, uwm = labels == NEO_LABELS["cortical_gm"], labels == NEO_LABELS["unmyelinated_wm"]
@@ -68,23 +68,22 @@ def test_test_scan_layout_without_labels(tree, tmp_path):
     example = tree / "40wAxial" / "example1"
     for token in ("t1", "t2"):
         (scans / f"set1_i2_{token}.nii.gz").symlink_to(example / f"{token.upper()}.nii.gz")
-    (case,) = NeoBrainSAdapter("neobrains12_axial40", require_labels=False).discover(tmp_path)
+    (case,) = ChallengeAdapter("neobrains12_axial40", require_labels=False).discover(tmp_path)
     assert case.case_id == "set1_i2" and case.label is None
     with pytest.raises(BrainbenchDataError, match="missing label map of case set1_i2"):
-        NeoBrainSAdapter("neobrains12_axial40").discover(scans)
+        ChallengeAdapter("neobrains12_axial40").discover(scans)
     (scans / "set1_i2_t2.nii.gz").unlink()
     with pytest.raises(BrainbenchDataError, match=r"set1_i2_t2\.nii\.gz: missing t2 channel"):
-        NeoBrainSAdapter("neobrains12_axial40", require_labels=False).discover(tmp_path)
+        ChallengeAdapter("neobrains12_axial40", require_labels=False).discover(tmp_path)
     with pytest.raises(BrainbenchConfigError, match="sets must be among"):
         synthesize_neobrains12(tmp_path / "x", sets=["axial30"])
 
 
 def test_hydra_config_synthesises_and_reads_back(tmp_path):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "challenge=neobrains12_coronal30", "data=synthetic_neobrains12", "data.synth.n_cases=1",
-            f"data.synth.spacing_mm={IN_PLANE}", "data.synth.sets=[coronal30]", f"paths.data_dir={tmp_path}",
-        ])
+    cfg = compose([
+        "challenge=neobrains12_coronal30", "data=synthetic", "data.synth.n_cases=1",
+        f"data.synth.spacing_mm={IN_PLANE}", f"paths.data_dir={tmp_path}",
+    ])
     instantiate(cfg.data.synth, root=tmp_path / "tree")
     (case,) = instantiate(cfg.challenge.adapter).discover(tmp_path / "tree")
     assert case.case_id == "example2", "examples keep their number whichever sets are written"

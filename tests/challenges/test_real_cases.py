@@ -12,9 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainbench.challenges.mrbrains import MrBrainSAdapter
-from brainbench.challenges.msseg import MssegAdapter
-from brainbench.data.io import load_label, load_volume, save_volume
+from brainbench.challenges import ChallengeAdapter
+from brainbench.io import load_label, load_volume, save_volume
 from brainbench.errors import BrainbenchDataError
 from tests.conftest import REAL_DATA
 
@@ -46,8 +45,8 @@ def test_ljubljana_ms_case_loads_through_msseg2016_without_dp(tmp_path):
     (patient / "Masks" / "Consensus.nii.gz").symlink_to(gold)
 
     with pytest.raises(BrainbenchDataError, match="missing dp channel of case Center_01_Patient_01"):
-        MssegAdapter().discover(root)
-    adapter = MssegAdapter(modalities=["flair", "t1", "gado", "t2"])
+        ChallengeAdapter("msseg2016").discover(root)
+    adapter = ChallengeAdapter("msseg2016", modalities=["flair", "t1", "gado", "t2"])
     (case,) = adapter.discover(root)
     assert case.case_id == "Center_01_Patient_01" and case.meta["raters"] == []
     grid = adapter.validate(case)
@@ -76,7 +75,7 @@ def test_malf_tissue_case_loads_through_mrbrains13(tmp_path):
     save_volume(lookup[structures], grid, subject / "LabelsForTesting.nii")
     (subject / "T1.nii.gz").symlink_to(MALF_CASE / "1000_SS.nii.gz")
 
-    adapter = MrBrainSAdapter("mrbrains13", modalities=["t1"])
+    adapter = ChallengeAdapter("mrbrains13", modalities=["t1"])
     (case,) = adapter.discover(tmp_path)
     assert case.case_id == "train_1" and list(case.images) == ["t1"] and "labels_8" not in case.meta
     grid = adapter.validate(case)

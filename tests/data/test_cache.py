@@ -4,9 +4,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainbench.challenges.brats import BratsAdapter
+from brainbench.challenges import ChallengeAdapter
 from brainbench.data.cache import PreprocessedCache
-from brainbench.data.io import load_volume
+from brainbench.io import load_volume
 from brainbench.data.preprocess import ZScoreInBrain
 from tests.conftest import write_brats_case
 
@@ -26,7 +26,7 @@ def nifti_loads(monkeypatch):
 
 
 def test_second_pass_reads_no_nifti_and_returns_same_arrays(brats_tree, tmp_path, nifti_loads):
-    adapter = BratsAdapter("brats2020")
+    adapter = ChallengeAdapter("brats2020")
     cache = PreprocessedCache(tmp_path / "cache", ZScoreInBrain())
     first = [cache.load(case, adapter) for case in adapter.discover(brats_tree)]
     assert len(nifti_loads) > 0
@@ -40,7 +40,7 @@ def test_second_pass_reads_no_nifti_and_returns_same_arrays(brats_tree, tmp_path
 
 
 def test_zscore_inside_brain_and_label_classes(brats_tree, tmp_path):
-    adapter = BratsAdapter("brats2020")
+    adapter = ChallengeAdapter("brats2020")
     case = adapter.discover(brats_tree)[0]
     entry = PreprocessedCache(tmp_path / "cache", ZScoreInBrain()).load(case, adapter)
     raw, grid = load_volume(case.images["flair"])
@@ -55,7 +55,7 @@ def test_zscore_inside_brain_and_label_classes(brats_tree, tmp_path):
 
 
 def test_key_changes_with_content_and_config_but_not_location(brats_tree, tmp_path):
-    adapter = BratsAdapter("brats2020")
+    adapter = ChallengeAdapter("brats2020")
     case = adapter.discover(brats_tree)[0]
     plain = PreprocessedCache(tmp_path / "cache", ZScoreInBrain())
     clipped = PreprocessedCache(tmp_path / "cache", ZScoreInBrain(clip_sigma=3.0))

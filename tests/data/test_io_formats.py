@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from brainbench.data.io import load_label, load_volume, read_grid, save_volume
+from brainbench.io import load_label, load_volume, read_grid, save_volume
 from brainbench.errors import BrainbenchDataError
 
 SPACING = (0.9, 1.1, 2.5)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from brainbench.challenges.brats import BratsAdapter
+from brainbench.challenges import ChallengeAdapter
 from brainbench.data.cache import PreprocessedCache
-from brainbench.data.io import Grid, load_label, load_volume, read_grid, save_volume
+from brainbench.io import Grid, load_label, load_volume, read_grid, save_volume
 from brainbench.data.preprocess import (CaseArrays, CurvatureFlowDenoising, HistogramStandardization,
                                         N4BiasCorrection, PercentileClip, Pipeline, ResampleSpacing, SkullStrip,
                                         ZScoreInBrain, load_case)
@@ -60,7 +60,7 @@ def test_registration_recovers_a_known_rigid_transform_within_one_voxel(mni3):
 
 def test_geometry_is_preserved_when_written_back(tmp_path):
     """LAS real case → resampled to 4 mm → label carried back lands on the exact original grid."""
-    adapter = BratsAdapter("brats2020")
+    adapter = ChallengeAdapter("brats2020")
     flair, grid = load_volume(MS / "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz")
     lesion, _ = load_label(MS / "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz")
     crop = (slice(40, 140), slice(60, 160), slice(50, 130))
@@ -161,7 +161,7 @@ def multigrid_tree(root, case_id="BraTS20_Training_001"):
 
 def test_multigrid_cases_are_resampled_onto_the_reference_channel(tmp_path):
     root = multigrid_tree(tmp_path / "root")
-    adapter = BratsAdapter("brats2020")
+    adapter = ChallengeAdapter("brats2020")
     case = adapter.discover(root)[0]
     with pytest.raises(BrainbenchDataError, match="does not match"):
         load_case(case, adapter)
@@ -181,7 +181,7 @@ def pereira_like() -> Pipeline:
 
 def test_pipeline_cache_second_run_reads_no_nifti_and_later_stage_reuses_earlier(brats_tree, tmp_path,
                                                                                  nifti_loads):  # noqa: F811
-    adapter = BratsAdapter("brats2020")
+    adapter = ChallengeAdapter("brats2020")
     cases = adapter.discover(brats_tree)
     first = PreprocessedCache(tmp_path / "cache", pereira_like())
     first.fit(cases[:2], adapter)
@@ -202,7 +202,7 @@ def test_pipeline_cache_second_run_reads_no_nifti_and_later_stage_reuses_earlier
 
 
 def test_learned_landmarks_are_part_of_the_key(brats_tree, tmp_path):
-    adapter = BratsAdapter("brats2020")
+    adapter = ChallengeAdapter("brats2020")
     cases = adapter.discover(brats_tree)
     one, two = PreprocessedCache(tmp_path / "c", pereira_like()), PreprocessedCache(tmp_path / "c", pereira_like())
     one.fit(cases[:1], adapter)
@@ -213,13 +213,11 @@ def test_learned_landmarks_are_part_of_the_key(brats_tree, tmp_path):
 
 @pytest.mark.parametrize("name", ["deepmedic", "pereira2016", "havaei2017", "full"])
 def test_presets_compose_with_hydra(name):
-    from hydra import compose, initialize_config_dir
+    from brainbench.config import compose
     from hydra.utils import instantiate
 
-    from brainbench.cli import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        pipeline = instantiate(compose("config", overrides=[f"preprocess={name}"]).preprocess)
+    
+    pipeline = instantiate(compose([f"preprocess={name}"]).preprocess)
     assert isinstance(pipeline, Pipeline) and all(hasattr(stage, "cached") for stage in pipeline.stages)
     assert json.loads(json.dumps(pipeline.config())) == pipeline.config()
     if name == "deepmedic":

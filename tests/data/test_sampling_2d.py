@@ -5,17 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainbench.challenges.brats import BratsAdapter
+from brainbench.challenges import ChallengeAdapter
 from brainbench.data.cache import PreprocessedCache
 from brainbench.data.preprocess import ZScoreInBrain
-from brainbench.data.sampling import AxialPatches, BrainUniformSampler, ClassFrequencySampler, label_frequencies
+from brainbench.data.sampling import BrainUniformSampler, ClassFrequencySampler, label_frequencies
+from brainbench.models.patches import AxialPatches
 
 DRAWS = 4000
 
 
 @pytest.fixture
 def cases(brats_tree, tmp_path):
-    adapter = BratsAdapter("brats2020")
+    adapter = ChallengeAdapter("brats2020")
     cache = PreprocessedCache(tmp_path / "cache", ZScoreInBrain())
     return [cache.load(case, adapter) for case in adapter.discover(brats_tree)]
 

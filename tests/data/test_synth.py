@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainbench.data.io import Grid
+from brainbench.io import Grid
 from brainbench.data.synth.anatomy import template_tissues
 from brainbench.data.synth.brats import (
     METADATA_FILE,

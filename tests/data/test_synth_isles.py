@@ -7,12 +7,11 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
+from brainbench.config import compose
 from hydra.utils import instantiate
 
 from brainbench.challenges import adapter_for
-from brainbench.cli import CONF_DIR
-from brainbench.data.io import read_grid
+from brainbench.io import read_grid
 from brainbench.data.synth.isles import case_files, flair_grid, synthesize_isles, synthesize_stroke_case
 from brainbench.data.synth.subject import METADATA_FILE
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
@@ -94,16 +93,13 @@ def test_refuses_real_looking_folders_and_bad_arguments(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("challenge", "data"), [("isles2017", "synthetic_isles2017"), ("brats2015", "synthetic_brats2015")]
+    ("challenge", "data"), [("isles2017", "synthetic"), ("brats2015", "synthetic")]
 )
 def test_hydra_data_config_instantiates_the_generator_for_its_adapter(tmp_path, challenge, data):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[
-                f"challenge={challenge}", f"data={data}", "data.synth.n_cases=1", f"data.synth.spacing_mm={SPACING}"
-            ],
-        )
+    cfg = compose([
+            f"challenge={challenge}", f"data={data}", "data.synth.n_cases=1", f"data.synth.spacing_mm={SPACING}"
+        ],
+    )
     instantiate(cfg.data.synth, root=tmp_path)
 
     cases = instantiate(cfg.challenge.adapter).discover(tmp_path)

@@ -18,11 +18,14 @@ import pytest
 from medpy.metric import binary as medpy_binary
 from scipy.ndimage import gaussian_filter
 
-from brainbench.data.io import Grid, save_volume
+from brainbench.io import Grid, save_volume
+from brainbench.challenges import EDITIONS
 from brainbench.evaluation.evaluate import evaluate_case, evaluate_folders, write_metrics_csv
 from brainbench.evaluation.overlap import Confusion, dice, sensitivity, specificity
 from brainbench.evaluation.protocols import BRATS_LEGACY
 from brainbench.evaluation.surface import hausdorff_distance, hd95, surface_distances
+
+BRATS2020 = EDITIONS["brats2020"]
 
 REAL_CASE = Path("/work/shared/data/real/brats_toolkit_TCGA-DU-7294/TCGA-DU-7294_brainles")
 TEAMS = ("hnfnetv1-20", "isen-20", "sanet0-20", "scan-20", "yixinmpl-20")
@@ -82,7 +85,7 @@ def real_folders(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def real_results(real_folders) -> dict:
     return {
-        team: evaluate_folders(real_folders / "pred" / team, real_folders / "ref", REGIONS, BRATS_LEGACY, LABELS)
+        team: evaluate_folders(real_folders / "pred" / team, BRATS2020.find_references(real_folders / "ref"), REGIONS, BRATS_LEGACY, LABELS)
         for team in TEAMS
     }
 
@@ -223,8 +226,7 @@ def test_faulty_prediction_folder_is_reported_not_raised(tmp_path):
         ref[2:8, 3:9, 2:6] = 2
         ref[4:6, 4:7, 3:5] = 1 if index % 2 else 4
         refs[case] = ref
-        ref_path = ref_dir / case / f"{case}_seg.nii.gz" if case == "good_brats" else ref_dir / f"{case}.nii.gz"
-        save_volume(ref, grid, ref_path)
+        save_volume(ref, grid, ref_dir / f"{case}.nii.gz")  # flat; release layouts: tests/challenges/test_editions.py
     noisy = {case: np.where(rng.random(grid.shape) < 0.05, 0, ref) for case, ref in refs.items()}
     save_volume(noisy["good_flat"], grid, pred_dir / "good_flat.nii.gz")
     save_volume(noisy["good_brats"], grid, pred_dir / "good_brats.nii")
@@ -240,7 +242,7 @@ def test_faulty_prediction_folder_is_reported_not_raised(tmp_path):
     os.symlink(outside / "escapes.nii.gz", pred_dir / "escapes.nii.gz")
     save_volume(noisy["good_flat"], grid, pred_dir / "stranger.nii.gz")
 
-    result = evaluate_folders(pred_dir, ref_dir, REGIONS, BRATS_LEGACY, LABELS)
+    result = evaluate_folders(pred_dir, BRATS2020.find_references(ref_dir), REGIONS, BRATS_LEGACY, LABELS)
 
     faulty = ("bad_grid", "bad_affine", "bad_label", "corrupt", "missing", "escapes", "stranger")
     assert len(result.problems) == len(faulty)

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 
+from brainbench.challenges import EDITIONS
 from brainbench.errors import BrainbenchConfigError
 from brainbench.evaluation.ranking import (
     RULES,
@@ -127,12 +128,14 @@ def test_msseg_reports_segmentation_and_detection_separately():
 
 
 def test_rules_by_edition_and_unknown_metric_direction():
-    assert rule_for("brats2020", "brats").name == "brats-rank-then-aggregate"
-    assert rule_for("brats2013", "brats").name == "vsd-mean-of-metric-ranks"
-    assert rule_for("isles2015_siss", "isles").name == "isles-mean-rank"
-    assert rule_for("mrbrains13", "mrbrains") is RULES["mrbrains13-rank-sum"]
-    with pytest.raises(BrainbenchConfigError, match="mrbrains18"):
-        rule_for("mrbrains18", "mrbrains")
+    assert rule_for(EDITIONS["brats2020"]).name == "brats-rank-then-aggregate"
+    assert rule_for(EDITIONS["brats2016"]).name == "vsd-mean-of-metric-ranks"
+    assert rule_for(EDITIONS["isles2015_siss"]).name == "isles-mean-rank"
+    assert rule_for(EDITIONS["mrbrains13"]) is RULES["mrbrains13-rank-sum"]
+    with pytest.raises(BrainbenchConfigError, match="mrbrains18 is not ranked: the spec found no verified"):
+        rule_for(EDITIONS["mrbrains18"])
+    with pytest.raises(BrainbenchConfigError, match=r"ranked metrics \['hd95'\] are missing"):
+        rank_then_aggregate(BRATS[BRATS["metric"] != "hd95"])
     with pytest.raises(BrainbenchConfigError, match="vdr"):
         rank_then_aggregate(long([("A", "c", "WT", "vdr", 0.1)]), metrics=("vdr",))
     with pytest.raises(BrainbenchConfigError, match="ties"):

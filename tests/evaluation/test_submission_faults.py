@@ -15,10 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brainbench.challenges import EDITIONS
 from brainbench.evaluation.evaluate import evaluate_folders
 from brainbench.evaluation.protocols import BRATS_LEGACY
 from tests.conftest import write_nifti
 from tests.training.test_train_e2e import brainbench
+
+BRATS2020 = EDITIONS["brats2020"]
 
 SHAPE = (12, 12, 10)
 REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
@@ -97,7 +100,7 @@ def test_planted_faults_through_the_api(tmp_path):
     expected = plant(tmp_path)
     nib_header = nib.load(tmp_path / "pred" / "case4.nii").header  # the edit really claims 30000³ voxels
     assert tuple(nib_header.get_data_shape()) == (30000, 30000, 30000)
-    result = evaluate_folders(tmp_path / "pred", tmp_path / "ref", REGIONS, BRATS_LEGACY, LABELS)
+    result = evaluate_folders(tmp_path / "pred", BRATS2020.find_references(tmp_path / "ref"), REGIONS, BRATS_LEGACY, LABELS)
     assert_every_fault_once(result.problems, expected)
     check_scores(result.metrics)
 
@@ -118,5 +121,5 @@ def test_planted_faults_through_the_cli(tmp_path):
 def test_header_voxel_type_is_checked_before_the_voxels(tmp_path):
     write_nifti(tmp_path / "ref" / "c.nii.gz", label_map(1))
     write_nifti(tmp_path / "pred" / "c.nii.gz", label_map(1).astype(np.complex64))
-    result = evaluate_folders(tmp_path / "pred", tmp_path / "ref", REGIONS, BRATS_LEGACY, LABELS)
+    result = evaluate_folders(tmp_path / "pred", BRATS2020.find_references(tmp_path / "ref"), REGIONS, BRATS_LEGACY, LABELS)
     assert len(result.problems) == 1 and "voxel type complex64 in header" in result.problems[0]

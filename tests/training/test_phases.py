@@ -10,11 +10,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from brainbench.challenges.brats import BratsAdapter
+from brainbench.challenges import ChallengeAdapter
 from brainbench.data.cache import PreprocessedCache
 from brainbench.data.datamodule import BrainSegmentationDataModule
 from brainbench.data.preprocess import ZScoreInBrain
-from brainbench.data.sampling import AxialPatches, ClassFrequencySampler, label_frequencies
+from brainbench.data.sampling import ClassFrequencySampler, label_frequencies
+from brainbench.models.patches import AxialPatches
 from brainbench.errors import BrainbenchDataError
 from brainbench.inference.postprocess import remove_small_components
 from brainbench.models.havaei import InputCascadeCNN, TwoPathCNN
@@ -29,7 +30,7 @@ TINY = {"in_channels": 4, "n_classes": 4, "local_maps": (4, 4), "global_maps": 6
 @pytest.fixture
 def datamodule(brats_tree, tmp_path):
     module = BrainSegmentationDataModule(
-        BratsAdapter("brats2020"), PreprocessedCache(tmp_path / "cache", ZScoreInBrain()), brats_tree,
+        ChallengeAdapter("brats2020"), PreprocessedCache(tmp_path / "cache", ZScoreInBrain()), brats_tree,
         sampler=ClassFrequencySampler(0.0), extractor=AxialPatches(margin=(16, 16)), batch_size=8,
         segments_per_epoch=24, val_segments=16, seed=0)
     module.setup()
@@ -136,7 +137,7 @@ def test_grade_subset_reads_grade_folders(tmp_path, caplog):
     write_brats_case(graded / "HGG", "Brats17_A_1", seed=1)
     write_brats_case(graded / "HGG", "Brats17_A_2", seed=2)
     write_brats_case(graded / "LGG", "Brats17_B_1", seed=3)
-    adapter = BratsAdapter("brats2017")
+    adapter = ChallengeAdapter("brats2017")
     assert [c.case_id for c in GradeSubset(adapter, "HGG").discover(graded)] == ["Brats17_A_1", "Brats17_A_2"]
     assert [c.case_id for c in GradeSubset(adapter, "LGG").discover(graded)] == ["Brats17_B_1"]
     assert [c.case_id for c in GradeSubset(adapter, "lg").discover(graded)] == ["Brats17_B_1"]  # BRATS 2013 "LG"
@@ -146,7 +147,7 @@ def test_grade_subset_reads_grade_folders(tmp_path, caplog):
     for i in range(2):
         write_brats_case(flat, f"BraTS20_Training_00{i + 1}", seed=i)
     with caplog.at_level(logging.WARNING):
-        assert len(GradeSubset(BratsAdapter("brats2020"), "LGG").discover(flat)) == 2
+        assert len(GradeSubset(ChallengeAdapter("brats2020"), "LGG").discover(flat)) == 2
     assert "2 of 2 cases" in caplog.text
 
 

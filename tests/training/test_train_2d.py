@@ -15,11 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from brainbench.config import compose
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
-from brainbench.cli import CONF_DIR
 from tests.training.test_train_e2e import brainbench
 
 HAVAEI_TINY = ["model.net.local_maps=[4,4]", "model.net.global_maps=8", "data.synth.spacing_mm=2.0"]
@@ -84,8 +83,7 @@ def test_open_choices_and_grade_are_logged(workdir):
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_patch_windows_match_the_model_geometry(model):
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        cfg = compose("config", overrides=[f"model={model}", *MODELS[model]])
+    cfg = compose([f"model={model}", *MODELS[model]])
     net = instantiate(cfg.model.net, in_channels=4, n_classes=4)
     assert tuple(cfg.model.segments.margin) == tuple(net.margin)
     assert cfg.model.segments.output_size == (None if model.startswith("pereira") else 1)
@@ -99,8 +97,7 @@ def test_patch_windows_match_the_model_geometry(model):
                                         "havaei2017_brats2013_localcascade", "havaei2017_brats2013_mfcascade",
                                         "pereira2016_brats2013_hgg", "pereira2016_brats2013_lgg"])
 def test_experiments_compose_the_brats2013_protocol(experiment):
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        cfg = compose("config", overrides=[f"experiment={experiment}", "data.root=/data/BRATS2013"])
+    cfg = compose([f"experiment={experiment}", "data.root=/data/BRATS2013"])
     assert cfg.challenge.edition == "brats2013" and cfg.data.source == "real"
     assert cfg.model.name.split("_")[0] == experiment.split("2")[0]
     assert cfg.preprocess.stages[0]._target_.endswith("PercentileClip" if "havaei" in experiment else "N4BiasCorrection")

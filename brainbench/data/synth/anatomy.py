@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from brainbench.data.io import Grid
+from brainbench.io import Grid
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 
 TEMPLATE_FILES = {

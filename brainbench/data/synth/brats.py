@@ -30,14 +30,16 @@ the same seed and spacing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from brainbench.challenges.brats import EDITIONS, GRADED_EDITIONS, NAME_SEPARATOR, VSD_CHANNELS, VSD_ERA
-from brainbench.data.io import Grid, save_volume
+from brainbench.challenges.brats import EDITIONS, VSD_CHANNELS, CaseFolderLayout
+from brainbench.challenges.vsd import VsdLayout
+from brainbench.io import Grid, save_volume
 from brainbench.data.synth.anatomy import template_tissues
 from brainbench.data.synth.subject import METADATA_FILE  # noqa: F401 — re-exported for callers
 from brainbench.data.synth.subject import SynthConfig as SynthBratsConfig
@@ -58,14 +60,14 @@ MODALITIES = ("flair", "t1", "t1ce", "t2")
 FILE_KEYS = (*MODALITIES, "seg")
 SYNTH_CHANNEL = {"t1c": "t1ce", "t1n": "t1", "t2w": "t2", "t2f": "flair"}
 """Synthesized contrast behind each modality name of the other eras (2012–2016 ``t1c``, 2023 GLI)."""
-REAL_DATA_GLOBS = {
-    **{e: "*_Data" for e in ("brats2012", "brats2013")},
-    **{e: "?GG" for e in ("brats2015", "brats2016", "brats2017", "brats2018", "brats2019")},
-    "brats2020": "BraTS20_Training_*",
-    "brats2021": "BraTS2021_*",
-    "brats2023_gli": "BraTS-GLI-*",
-}
-"""Entries at the root of a real release, whose presence without a generator record means real data."""
+def real_data_glob(edition: str) -> str:
+    """Entries at the root of a real release, whose presence without a generator record means real data."""
+    layout = EDITIONS[edition].layout
+    if isinstance(layout, VsdLayout):
+        return "*_Data" if layout.id_from_path else "?GG"
+    return re.sub(r"\{.*", "*", layout.case_ids) if layout.case_ids else "?GG"
+
+
 LABELS = {"necrosis": 1, "oedema": 2, "enhancing": 4}
 
 CLASSES = ("csf", "gm", "wm", "necrosis", "enhancing", "oedema")
@@ -103,20 +105,25 @@ class SynthCase:
     grid: Grid
 
 
+def _is_vsd(edition: str) -> bool:
+    return isinstance(EDITIONS[edition].layout, VsdLayout)
+
+
+def _is_graded(edition: str) -> bool:
+    layout = EDITIONS[edition].layout
+    return isinstance(layout, CaseFolderLayout) and layout.graded
+
+
 def case_id(index: int, edition: str = "brats2020") -> str:
     """Case id the adapter gives the 0-based case ``index`` of ``edition``: ``BraTS20_Training_001`` for 0
     (the folder name; BRATS-2's path below the root, e.g. ``Image_Data_HG_0001``)."""
-    if edition in VSD_ERA:
+    if _is_vsd(edition):
         folder = _vsd_case_folder(index, edition)
-        return folder.replace("/", "_") if edition in ("brats2012", "brats2013") else folder.split("/")[-1]
-    if edition in GRADED_EDITIONS:
+        return folder.replace("/", "_") if EDITIONS[edition].layout.id_from_path else folder.split("/")[-1]
+    if _is_graded(edition):
         prefix = {"brats2017": "Brats17", "brats2018": "Brats18", "brats2019": "BraTS19"}[edition]
         return f"{prefix}_TCIA_{100 + index:03d}_1" if _grade(index) == "LGG" else f"{prefix}_2013_{index + 2}_1"
-    return {
-        "brats2020": f"BraTS20_Training_{index + 1:03d}",
-        "brats2021": f"BraTS2021_{2 * index:05d}",
-        "brats2023_gli": f"BraTS-GLI-{2 * index:05d}-000",
-    }[edition]
+    return EDITIONS[edition].layout.case_ids.format(n=index + 1, even=2 * index)
 
 
 def case_files(root: str | Path, index: int, edition: str = "brats2020") -> dict[str, Path]:
@@ -124,11 +131,11 @@ def case_files(root: str | Path, index: int, edition: str = "brats2020") -> dict
     (plus ``tissue`` for the synthetic part of BRATS 2012/2013)."""
     root = Path(root)
     keys = (*EDITIONS[edition].modalities, "seg")
-    if edition in VSD_ERA:
+    if _is_vsd(edition):
         return _vsd_files(root / _vsd_case_folder(index, edition), index, edition)
     name = case_id(index, edition)
-    folder = root / (_grade(index) if edition in GRADED_EDITIONS else "") / name
-    separator = NAME_SEPARATOR.get(edition, "_")
+    folder = root / (_grade(index) if _is_graded(edition) else "") / name
+    separator = EDITIONS[edition].layout.separator
     return {key: folder / f"{name}{separator}{key}.nii.gz" for key in keys}
 
 
@@ -150,13 +157,13 @@ def synthesize_brats(
     config = SynthBratsConfig(n_cases=n_cases, spacing_mm=spacing_mm, seed=seed)
     root = Path(root)
     generator = GENERATOR if edition == "brats2020" else f"{GENERATOR}.{edition}"
-    prepare_root(root, generator, config, overwrite, REAL_DATA_GLOBS[edition])
+    prepare_root(root, generator, config, overwrite, real_data_glob(edition))
     folders = []
     for index in range(int(n_cases)):
         files = case_files(root, index, edition)
         if overwrite or not all(path.is_file() for path in files.values()):
             _write_case(synthesize_case(int(seed), index, float(spacing_mm)), files, edition, int(seed), index)
-        folders.append(files["seg"].parent.parent if edition in VSD_ERA else files["seg"].parent)
+        folders.append(files["seg"].parent.parent if _is_vsd(edition) else files["seg"].parent)
     return folders
 
 
@@ -187,7 +194,7 @@ def era_labels(seg: np.ndarray, edition: str, seed: int, index: int, spacing_mm:
 
 def _write_case(case: SynthCase, files: dict[str, Path], edition: str, seed: int, index: int) -> None:
     """Save ``case`` under ``files``: VSD eras as int16 ``.mha`` (as released), later ones as NIfTI."""
-    image_dtype, label_dtype = (np.int16, np.int16) if edition in VSD_ERA else (np.float32, np.uint8)
+    image_dtype, label_dtype = (np.int16, np.int16) if _is_vsd(edition) else (np.float32, np.uint8)
     for modality in EDITIONS[edition].modalities:
         image = case.images[SYNTH_CHANNEL.get(modality, modality)]
         save_volume(np.round(image) if image_dtype == np.int16 else image, case.grid, files[modality], image_dtype)
@@ -200,7 +207,7 @@ def _write_case(case: SynthCase, files: dict[str, Path], edition: str, seed: int
 
 def _vsd_case_folder(index: int, edition: str) -> str:
     """Relative case folder of a VSD-era case: BRATS-2 groups for 2012/2013, HGG/LGG patients for 2015/2016."""
-    if edition in ("brats2012", "brats2013"):
+    if EDITIONS[edition].layout.id_from_path:  # BRATS-2 (2012/2013) groups
         group = ("Image_Data/HG", "Image_Data/LG", "Synthetic_Data/HG")[index % 3]
         return f"{group}/{index // 3 + 1:04d}"
     name = f"brats_2013_pat{index + 1:04d}_1" if index % 2 == 0 else f"brats_tcia_pat{100 + index:03d}_{7 * index:04d}"
@@ -215,7 +222,7 @@ def _grade(index: int) -> str:
 def _vsd_files(folder: Path, index: int, edition: str) -> dict[str, Path]:
     """VSD object paths of one case: one sub-folder per object, holding ``<object>.<id>.mha``."""
     first_id = 54512 + 10 * index
-    if edition in ("brats2012", "brats2013"):
+    if EDITIONS[edition].layout.id_from_path:  # BRATS-2 (2012/2013) groups
         synthetic = index % 3 == 2
         truth = "VSD.Brain_1more.XX.O.OT" if synthetic else f"VSD.Brain_{2 if index % 3 == 1 else 3}more.XX.XX.OT"
         objects = {m: f"VSD.Brain.XX.O.{VSD_CHANNELS[m]}" for m in EDITIONS[edition].modalities}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from brainbench.data.io import Grid
+from brainbench.io import Grid
 from brainbench.data.synth.anatomy import template_tissues
 from brainbench.data.synth.subject import WARP_SCALE_MM, WARP_STD_MM, mark_root, smooth_field
 from brainbench.errors import BrainbenchConfigError

@@ -40,7 +40,7 @@ from brainbench.challenges.isles import (
     SISS_CHANNELS,
     SPES_CHANNELS,
 )
-from brainbench.data.io import Grid, save_volume, write_atomic
+from brainbench.io import Grid, save_volume, write_atomic
 from brainbench.data.synth.anatomy import template_tissues
 from brainbench.data.synth.subject import (
     SynthConfig,

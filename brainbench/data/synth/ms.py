@@ -24,7 +24,7 @@ from scipy import ndimage
 from brainbench.challenges.msseg import (
     ISBI_RATERS, MICCAI2008_FILES, MICCAI2008_SECOND_RATER, MSSEG_FLAT, MSSEG_PREPROCESSED, MSSEG_RATERS,
 )
-from brainbench.data.io import LPS_TO_RAS, Grid, save_volume, write_atomic
+from brainbench.io import LPS_TO_RAS, Grid, save_volume, write_atomic
 from brainbench.data.synth.common import (
     ADULT_LABELS, JUXTACORTICAL, PERIVENTRICULAR, Subject, check_count, check_spacing, class_fractions,
     needs_writing, release_grid, sample_subject, start_run,

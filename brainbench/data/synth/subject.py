@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from brainbench.data.io import Grid, write_atomic
+from brainbench.io import Grid, write_atomic
 from brainbench.data.synth.anatomy import TemplateAnatomy
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 

@@ -28,7 +28,7 @@ from brainbench.challenges.mrbrains import (
     MRBRAINS13_FILES, MRBRAINS13_SPLITS, MRBRAINS18_FILES, MRBRAINS_SPACING, TISSUE_OF_STRUCTURE,
 )
 from brainbench.challenges.neobrains import IMAGE_SETS, NEO_LABELS
-from brainbench.data.io import Grid, save_volume
+from brainbench.io import Grid, save_volume
 from brainbench.data.synth.common import (
     ADULT_LABELS, Subject, check_count, check_spacing, class_fractions, needs_writing, release_grid,
     sample_subject, start_run,

@@ -1,0 +1,1 @@
+"""Published challenge and paper results (``published/*.csv``), shipped as package data."""
