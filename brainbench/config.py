@@ -36,7 +36,7 @@ def challenge_node(edition: str) -> dict[str, Any]:
 
 
 def synthetic_default(edition: str, key: str) -> Any:
-    """A scalar default (``n_cases``) of ``edition``'s declared look-alike; None when it declares none."""
+    """A default (``n_cases``, ``spacing_mm``) of a registered edition's look-alike; None when there is none."""
     declared = EDITIONS[edition].synthetic if edition in EDITIONS else None
     return getattr(declared, key) if declared is not None else None
 
@@ -45,8 +45,7 @@ def spacing_tag(edition: str, spacing_mm: Any) -> str:
     """Folder-name-safe spacing, the edition's declared one when ``spacing_mm`` is None: ``2.0mm``,
     ``0.958x0.958x3.0mm``."""
     if spacing_mm is None:
-        declared = EDITIONS[edition].synthetic if edition in EDITIONS else None
-        spacing_mm = declared.spacing_mm if declared is not None else "none"
+        spacing_mm = synthetic_default(edition, "spacing_mm") or "none"
     values = list(spacing_mm) if isinstance(spacing_mm, (list, tuple)) or OmegaConf.is_list(spacing_mm) \
         else [spacing_mm]
     return "x".join(str(v) for v in values) + "mm"

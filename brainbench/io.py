@@ -57,6 +57,14 @@ class Grid:
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
 
 
+def existing_dir(path: str | Path) -> Path:
+    """``path`` resolved, or an error naming it when it is not a folder."""
+    root = Path(path).resolve()
+    if not root.is_dir():
+        raise BrainbenchDataError(path, "folder not found")
+    return root
+
+
 def strip_nifti_suffix(name: str) -> str:
     """``case_seg.nii.gz`` → ``case_seg``; names without a NIfTI suffix are returned unchanged."""
     for suffix in NIFTI_SUFFIXES:

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
-from brainbench.io import NIFTI_SUFFIXES, VOLUME_SUFFIXES, Grid, load_label, load_volume, read_grid, strip_nifti_suffix
+from brainbench.io import (NIFTI_SUFFIXES, VOLUME_SUFFIXES, Grid, existing_dir, load_label, load_volume, read_grid,
+                           strip_nifti_suffix)
 
 
 @dataclass(frozen=True)
@@ -158,13 +159,12 @@ class Edition:
             BrainbenchDataError: no reference found (saying what was expected), or a label map that
                 links outside ``root``.
         """
-        root = _existing_dir(root)
-        flat = {strip_nifti_suffix(p.name): p for p in sorted(root.iterdir()) if p.is_file()
-                and p.name.endswith(VOLUME_SUFFIXES)}
+        root = existing_dir(root)
         cases, problems = self.layout.scan(root, self, require_labels=True)
         found = {case.case_id: case.label for case in cases if case.label is not None}
         if not found:
-            found = flat
+            found = {strip_nifti_suffix(p.name): p for p in sorted(root.iterdir())
+                     if p.is_file() and p.name.endswith(VOLUME_SUFFIXES)}
         if not found:
             detail = f"; first problem: {problems[0]}" if problems else ""
             raise BrainbenchDataError(
@@ -179,13 +179,6 @@ class Edition:
 def case_order(case: Case) -> list:
     """Sort key: the case id with its digit runs compared as numbers (``train_2`` before ``train_10``)."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", case.case_id)]
-
-
-def _existing_dir(path: str | Path) -> Path:
-    root = Path(path).resolve()
-    if not root.is_dir():
-        raise BrainbenchDataError(path, "folder not found")
-    return root
 
 
 @dataclass(frozen=True)
@@ -222,6 +215,13 @@ def read_channels(folder: Path, stems: Mapping[str, str], modalities: Sequence[s
                                       f"missing {modality} channel of case {case_id}")
         images[modality] = path
     return images
+
+
+def with_label(case: Case, require_labels: bool) -> Case:
+    """``case``, or an error naming its folder (``meta["folder"]``) when a required label map is missing."""
+    if case.label is None and require_labels:
+        raise BrainbenchDataError(case.meta["folder"], f"missing label map of case {case.case_id}")
+    return case
 
 
 def collect(readers: Sequence[Any]) -> tuple[list[Case], list[BrainbenchDataError]]:

@@ -147,10 +147,8 @@ def load_declaration(path: str | Path) -> Edition:
 
 def _plain(value: Any) -> Any:
     """OmegaConf containers (from Hydra) as plain dicts and lists; anything else unchanged."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra-core, a dependency
-        return value
+    from omegaconf import DictConfig, ListConfig, OmegaConf  # only declarations from Hydra configs need it
+
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from brainbench.challenges.base import Case, Edition, Layout, Synthetic, Unranked, collect, find_volume, read_channels
-from brainbench.challenges.msseg import with_label
+from brainbench.challenges.base import (Case, Edition, Layout, Synthetic, Unranked, collect, find_volume,
+                                        read_channels, with_label)
 from brainbench.errors import BrainbenchDataError
 
 MRBRAINS_SPACING = (0.958, 0.958, 3.0)

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from brainbench.challenges.base import Case, Edition, Layout, Synthetic, Unranked, collect, find_volume, read_channels
+from brainbench.challenges.base import (Case, Edition, Layout, Synthetic, Unranked, collect, find_volume,
+                                        read_channels, with_label)
 from brainbench.errors import BrainbenchDataError
 
 LESION = {"lesion": (1,)}
@@ -45,13 +46,6 @@ ISBI_RATERS = 2
 MICCAI2008_FILES = {"flair": "FLAIR", "t1": "T1", "t2": "T2"}
 MICCAI2008_SECOND_RATER = "UNC_train_lesion_byCHB"
 MS_SYNTH = "brainbench.data.synth.ms"
-
-
-def with_label(case: Case, require_labels: bool) -> Case:
-    """``case``, or an error naming its folder when a required label map is missing."""
-    if case.label is None and require_labels:
-        raise BrainbenchDataError(case.meta["folder"], f"missing label map of case {case.case_id}")
-    return case
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from nibabel.arrayproxy import ArrayProxy
 
-from brainbench.io import NIFTI_SUFFIXES, Grid, load_label, read_grid, strip_nifti_suffix, write_atomic
+from brainbench.io import NIFTI_SUFFIXES, Grid, existing_dir, load_label, read_grid, strip_nifti_suffix, write_atomic
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 from brainbench.evaluation import surface
 from brainbench.evaluation.lesions import anima_detection, brats2023_lesionwise, isles22_lesions
@@ -193,7 +193,7 @@ def _evaluate(
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
         raise BrainbenchConfigError(f"workers must be a whole number of at least 1, got {workers!r}")
     workers = int(workers)
-    roots = [_existing_dir(folder) for folder in folders]
+    roots = [existing_dir(folder) for folder in folders]
     if not references:
         raise BrainbenchConfigError("no reference label maps to score against")
     problems: list[list[str]] = [[] for _ in roots]
@@ -548,13 +548,6 @@ def _region_mask(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
     for value in values:
         mask |= labels == value
     return mask
-
-
-def _existing_dir(path: str | Path) -> Path:
-    root = Path(path).resolve()
-    if not root.is_dir():
-        raise BrainbenchDataError(path, "folder not found")
-    return root
 
 
 def _is_nifti(name: str) -> bool:

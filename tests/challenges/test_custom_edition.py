@@ -18,12 +18,10 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from tests.conftest import REAL_DATA
-from tests.helpers import run_cli
+from tests.helpers import TINY_DEEPMEDIC, run_cli
 
 MS_CASE = REAL_DATA / "ms_lesion_ljubljana_patient19"
-TINY = ["model.net.feature_maps=[4,4,4,4,4,4,6,6]", "model.net.fc_feature_maps=[8,8]",
-        "sampler.segments_per_epoch=20", "sampler.val_segments=10", "sampler.batch_size=5", "trainer.max_epochs=1",
-        "data.datamodule.val_fraction=0.25", "data.datamodule.test_fraction=0.25"]
+TINY = [*(o for o in TINY_DEEPMEDIC if not o.startswith("trainer.max_epochs")), "trainer.max_epochs=1"]
 
 DECLARATION = """\
     # challenge/my_cohort.yaml in the user's config folder

@@ -133,7 +133,7 @@ def test_generation_is_deterministic_and_refuses_another_seed(trees, tmp_path):
 @pytest.mark.parametrize("edition", ["msseg2016", "isbi2015", "miccai2008"])
 def test_hydra_configs_synthesise_and_read_back(edition, tmp_path):
     cfg = compose([
-        f"challenge={edition}", f"data=synthetic", "data.synth.n_cases=1",
+        f"challenge={edition}", "data=synthetic", "data.synth.n_cases=1",
         f"data.synth.spacing_mm={SPACING}", f"paths.data_dir={tmp_path}",
     ])
     assert str(SPACING) in cfg.data.root

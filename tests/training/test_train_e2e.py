@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-TINY = [
-    "model.net.feature_maps=[4,4,4,4,4,4,6,6]",
-    "model.net.fc_feature_maps=[8,8]",
-    "sampler.segments_per_epoch=20",
-    "sampler.val_segments=10",
-    "sampler.batch_size=5",
-    "trainer.max_epochs=2",
-    "data.synth.n_cases=4",
-    "data.datamodule.val_fraction=0.25",
-    "data.datamodule.test_fraction=0.25",
-]
+from tests.helpers import TINY_DEEPMEDIC
+from tests.helpers import run_cli as brainbench
 
-
-def brainbench(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "brainbench.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+TINY = [*TINY_DEEPMEDIC, "data.synth.n_cases=4"]
 
 
 @pytest.fixture(scope="module")
