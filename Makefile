@@ -1,9 +1,12 @@
 # Two entry points on a fresh machine: `make demo` (set up + main job) and `make test` (set up + tests).
-# TORCH_SPEC picks the torch build installed before the package; the default is the CPU wheel
-# (override e.g. TORCH_SPEC="torch>=2.4" for a CUDA build).
+# TORCH_SPEC pins the torch *version* installed before the package, not its build: pip takes whatever
+# build its index offers for that version (on PyPI for Linux x86_64 the default, CUDA build; on the
+# brainbench development machines a local CPU wheel). TORCH_INDEX picks the index, e.g. the CPU-only
+# build: make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 PIP = $(VENV)/bin/python -m pip
 
 .PHONY: setup demo test clean-runs
@@ -13,7 +16,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 

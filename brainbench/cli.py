@@ -16,6 +16,9 @@ from brainbench.errors import BrainbenchError
 
 
 CHALLENGE_HELP = "edition, e.g. brats2020 (see `brainbench data list`), or a YAML declaration of your own cohort"
+INPUT_POLICY_HELP = ("official (default): read predictions as the edition's scorer did (an affine or labels it "
+                     "accepts, listed one line per case); strict: score anything off the reference grid or "
+                     "labels as empty")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.add_argument("--out", type=Path, default=Path("metrics.csv"), help="long-format CSV case,region,metric,value")
     evaluate.add_argument("--team", default=None, help="team name written as a leading 'team' column")
+    evaluate.add_argument("--input-policy", default="official", help=INPUT_POLICY_HELP)
     evaluate.set_defaults(handler=_evaluate)
 
     board = commands.add_parser("leaderboard", help="challenge-style ranked table of MLflow runs or submission folders")
@@ -79,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="write leaderboard.{md,csv,html,tex}, metrics.csv and PNG figures here")
     board.add_argument("--data-source", default="unknown",
                        help="where the submissions' data come from (real, synthetic)")
+    board.add_argument("--input-policy", default="official", help=f"with --submissions: {INPUT_POLICY_HELP}")
     board.add_argument("--ties", default="min", help="scipy rankdata tie method (default min, as nnU-Net)")
     board.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for rank stability (0: none)")
     board.add_argument("--bootstrap-unit", default="case", choices=("case", "case-region"),
@@ -93,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 def _train(overrides: list[str]) -> int:
     import hydra
     from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
 
     from brainbench.config import CONFIG_PATH, register
 
@@ -106,7 +112,10 @@ def _train(overrides: list[str]) -> int:
             return train(cfg)
         except BrainbenchError as error:
             print(f"brainbench: error: {error}", file=sys.stderr)
-            sys.exit(2)
+        except OmegaConfBaseException as error:  # a missing or unresolvable value of the composed config
+            key = getattr(error, "full_key", None)
+            print(f"brainbench: error: config value {key or '?'}: {str(error).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
 
     sys.argv = ["brainbench train", *overrides]
     run()
@@ -174,20 +183,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     from brainbench.challenges import get_edition
     from brainbench.evaluation.evaluate import evaluate_folders, write_metrics_csv
     from brainbench.evaluation.leaderboard import summary_metrics
-    from brainbench.evaluation.protocols import protocol_for
+    from brainbench.evaluation.protocols import input_policy_note, protocol_for
 
     edition = get_edition(args.challenge)
     protocol = protocol_for(edition)
     result = evaluate_folders(args.pred, edition.find_references(args.ref), edition.regions, protocol,
                               allowed_labels=set(edition.label_values), workers=args.workers,
-                              progress=not args.quiet)
+                              progress=not args.quiet, input_policy=args.input_policy)
     if args.team:
         result.metrics.insert(0, "team", args.team)
     for problem in result.problems:
         print(f"problem: {problem}", file=sys.stderr)
-    write_metrics_csv(result.metrics, args.out)
+    write_metrics_csv(result.metrics, args.out, input_policy=result.input_policy)
     n_cases = result.metrics["case"].nunique() if len(result.metrics) else 0
     print(f"{n_cases} cases evaluated with the {edition.protocol} protocol → {args.out}")
+    print(input_policy_note(result.input_policy, protocol))
     for name, value in summary_metrics(result.metrics, prefix="mean").items():
         if name.endswith("/mean"):
             print(f"  {name.removeprefix('mean/').removesuffix('/mean'):<22} {value:.4f}")
@@ -218,25 +228,34 @@ def _tracking_uri(args: argparse.Namespace) -> str:
     return args.tracking_uri or DEFAULT_TRACKING_URI
 
 
+def _require_sqlite_store(uri: str) -> None:
+    """Refuse a SQLite tracking URI whose file is missing: MLflow would create an empty store there."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
+        if not path.is_file():
+            raise BrainbenchError(f"{path}: no MLflow store found (tracking URI {uri}); run the command in the "
+                                  "folder that holds it or pass --tracking-uri")
+
+
 def _submissions_board(args: argparse.Namespace):
     if args.ref is None or args.challenge is None:
         raise BrainbenchError("leaderboard --submissions needs --ref DIR and --challenge EDITION")
     from brainbench.challenges import get_edition
     from brainbench.evaluation.evaluate import evaluate_submissions
     from brainbench.evaluation.leaderboard import rank_teams
-    from brainbench.evaluation.protocols import protocol_for
+    from brainbench.evaluation.protocols import input_policy_note, protocol_for
     from brainbench.evaluation.ranking import rule_for
 
     edition = get_edition(args.challenge)
     protocol, rule = protocol_for(edition), rule_for(edition)  # an unranked edition stops here, before scoring
     result = evaluate_submissions(args.submissions, edition.find_references(args.ref), edition.regions, protocol,
                                   allowed_labels=set(edition.label_values), workers=args.workers,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, input_policy=args.input_policy)
     for problem in result.problems:
         print(f"problem: {problem}", file=sys.stderr)
     title = f"Leaderboard — {edition.name} submissions ({edition.protocol} protocol)"
     return rank_teams(result.metrics, rule, title, args.data_source, args.out_dir, args.ties, args.bootstrap,
-                      args.seed, args.bootstrap_unit)
+                      args.seed, args.bootstrap_unit, notes=[input_policy_note(result.input_policy, protocol)])
 
 
 def _experiment_board(args: argparse.Namespace, uri: str):
@@ -251,6 +270,7 @@ def _experiment_board(args: argparse.Namespace, uri: str):
     from brainbench.io import write_atomic
     from brainbench.tracking.mlflow import experiment_case_metrics, runs_frame
 
+    _require_sqlite_store(uri)
     runs = runs_frame(uri, args.experiment)
     if runs.empty:
         raise BrainbenchError(f"{uri}: no finished runs in experiment '{args.experiment}'")

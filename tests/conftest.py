@@ -1,39 +1,13 @@
-"""Shared fixtures: tiny BraTS-layout trees written as real NIfTI files."""
+"""Shared fixtures: tiny BraTS-layout trees written as real NIfTI files, a nibabel.load counter."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pytest
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-
-
-def write_nifti(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(array, np.diag([*spacing, 1.0])), str(path))
-    return path
-
-
-def write_brats_case(root: Path, case_id: str, shape=(24, 24, 20), seed: int = 0, suffix: str = ".nii.gz",
-                     modalities=("flair", "t1", "t1ce", "t2"), seg_name: str | None = None) -> Path:
-    """A BraTS-2020-layout case: brain block of random intensities, a tumour with labels 1/2/4."""
-    rng = np.random.default_rng(seed)
-    folder = root / case_id
-    brain = np.zeros(shape, bool)
-    brain[3:-3, 3:-3, 3:-3] = True
-    for modality in modalities:
-        image = np.where(brain, rng.normal(100, 20, shape), 0).astype(np.float32)
-        write_nifti(folder / f"{case_id}_{modality}{suffix}", image)
-    seg = np.zeros(shape, np.uint8)
-    c = np.array(shape) // 2
-    seg[c[0] - 4 : c[0] + 4, c[1] - 4 : c[1] + 4, c[2] - 3 : c[2] + 3] = 2
-    seg[c[0] - 2 : c[0] + 2, c[1] - 2 : c[1] + 2, c[2] - 2 : c[2] + 2] = 4
-    seg[c[0] - 1 : c[0] + 1, c[1] - 1 : c[1] + 1, c[2] - 1 : c[2] + 1] = 1
-    write_nifti(folder / f"{seg_name or case_id + '_seg'}{suffix}", seg)
-    return folder
+from tests.helpers import write_brats_case
 
 
 @pytest.fixture
@@ -42,3 +16,17 @@ def brats_tree(tmp_path) -> Path:
     for i in range(1, 4):
         write_brats_case(root, f"BraTS20_Training_{i:03d}", seed=i)
     return root
+
+
+@pytest.fixture
+def nifti_loads(monkeypatch):
+    """Count every nibabel.load call (the cache must make the second pass read none)."""
+    calls = []
+    real_load = nib.load
+
+    def counting_load(*args, **kwargs):
+        calls.append(args[0])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(nib, "load", counting_load)
+    return calls

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import write_brats_case, write_nifti
-from tests.training.test_train_e2e import brainbench
+from tests.helpers import write_brats_case, write_nifti
+from tests.helpers import run_cli as brainbench
 
 
 def _tree_with(tmp_path, fault: str):
@@ -62,11 +62,38 @@ def test_evaluate_writes_long_csv_and_reports_bad_files(tmp_path):
     import pandas as pd
 
     frame = pd.read_csv(tmp_path / "m.csv")
-    assert list(frame.columns) == ["case", "region", "metric", "value"]
+    assert list(frame.columns) == ["case", "region", "metric", "value", "input_policy"]
+    assert set(frame["input_policy"]) == {"official"}
     perfect = frame[frame.case == "BraTS20_Training_001"].set_index(["region", "metric"])["value"]
     assert perfect[("WT", "dice")] == 1.0 and perfect[("WT", "hd95")] == 0.0
     missing = frame[frame.case == "BraTS20_Training_002"].set_index(["region", "metric"])["value"]
     assert missing[("WT", "dice")] == 0.0 and missing[("WT", "hd95")] == pytest.approx(373.12866)
+
+
+def test_evaluate_exits_2_when_no_prediction_matches_a_reference(tmp_path):
+    for i in (1, 2):
+        write_brats_case(tmp_path / "ref", f"BraTS20_Training_00{i}", seed=i)
+    write_nifti(tmp_path / "pred" / "BraTS20_Training_001_pred.nii.gz", np.zeros((24, 24, 20), np.uint8))
+    result = brainbench("evaluate", "--challenge", "brats2020", "--pred", "pred", "--ref", "ref", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("brainbench: error: pred:"), result.stderr
+    assert "BraTS20_Training_001.nii.gz" in lines[0]  # says what a matching file is called
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("uri", [None, "sqlite:///store/runs.db"])
+def test_leaderboard_experiment_without_a_store_creates_none(tmp_path, uri):
+    store = tmp_path / ("mlflow.db" if uri is None else "store/runs.db")
+    (tmp_path / "store").mkdir()
+    result = brainbench("leaderboard", "--experiment", "brats2020", *(["--tracking-uri", uri] if uri else []),
+                        cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("brainbench: error:")]
+    assert len(errors) == 1 and str(store) in errors[0], result.stderr[-2000:]
+    assert not store.exists()
 
 
 def test_data_synth_cli(tmp_path):

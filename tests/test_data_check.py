@@ -7,8 +7,8 @@ import gzip
 import nibabel as nib
 import numpy as np
 
-from tests.conftest import write_brats_case, write_nifti
-from tests.training.test_train_e2e import brainbench
+from tests.helpers import write_brats_case, write_nifti
+from tests.helpers import run_cli as brainbench
 
 SHAPE = (24, 24, 20)
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from brainbench.challenges.base import Case, ChallengeAdapter
 from brainbench.data.cache import PreprocessedCache, PreprocessedCase
-from brainbench.data.sampling import ForegroundBackgroundSampler
+from brainbench.data.sampling import CentreSampler
 from brainbench.errors import BrainbenchConfigError
 
 
@@ -56,16 +56,17 @@ class CaseSplit:
 
 
 class SegmentDataset(Dataset):
-    """``length`` training segments per epoch; segment ``i`` of epoch ``e`` depends only on (seed, e, i).
+    """``length`` segments per epoch; segment ``i`` of epoch ``e`` depends only on (seed, e, i).
 
     Each item is ``(inputs, target)``: the model's input tensors and its int64 target, cut by
-    ``extractor`` (see :mod:`brainbench.data.sampling`) around a centre drawn by ``sampler``.
+    ``extractor`` (see :mod:`brainbench.data.sampling`) around a case and centre drawn by
+    ``sampler``, with the extractor's augmentation when ``augment`` is true.
     """
 
-    def __init__(self, cases: list[PreprocessedCase], sampler: ForegroundBackgroundSampler, extractor: Callable,
-                 length: int, seed: int):
+    def __init__(self, cases: list[PreprocessedCase], sampler: CentreSampler, extractor: Callable,
+                 length: int, seed: int, augment: bool = True):
         self.cases, self.sampler, self.extractor = cases, sampler, extractor
-        self.length, self.seed = length, seed
+        self.length, self.seed, self.augment = length, seed, augment
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -73,9 +74,8 @@ class SegmentDataset(Dataset):
 
     def __getitem__(self, index: int):
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        case = self.cases[int(rng.integers(len(self.cases)))]
-        centre = self.sampler.centre(case, rng)
-        inputs, target = self.extractor(case.image, case.label, centre, rng)
+        case, centre = self.sampler.draw(self.cases, rng)
+        inputs, target = self.extractor(case.image, case.label, centre, rng, augment=self.augment)
         return (tuple(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in inputs),
                 torch.from_numpy(np.array(target, dtype=np.int64)))  # np.array keeps 0-d patch targets 0-d
 
@@ -87,25 +87,34 @@ class BrainSegmentationDataModule(pl.LightningDataModule):
         adapter: the edition's adapter (finds and validates cases).
         cache: preprocessed-case cache.
         root: the challenge data folder as released.
-        sampler: draws segment centres.
-        extractor: cuts the model's inputs and target around a centre (``model.segments``);
-            validation segments are cut the same way (augmentation included).
+        sampler: draws training segment centres (and validation ones unless ``val_sampler`` is set).
+        extractor: cuts the model's inputs and target around a centre (``model.segments``), for
+            training and validation alike.
+        val_sampler: draws validation centres whatever a training phase samples; ``None``: the
+            training sampler, phase by phase. DeepMedic's reference samples validation segments
+            uniformly over the brain (``BrainUniformSampler``, spec §3.5).
+        val_augment: apply the extractor's augmentation (flips, rotations) to validation segments;
+            the DeepMedic reference does not.
         batch_size: segments per optimisation step (DeepMedic: 10).
         segments_per_epoch / val_segments: segments drawn per training / validation epoch.
         val_fraction / test_fraction / split_seed: the case split.
         seed: the run seed (segment sampling).
+        num_workers / pin_memory: the DataLoaders' (``brainbench.pipeline.loader_settings`` picks them
+            from the training device when ``data.datamodule.num_workers`` is ``auto``).
     """
 
     def __init__(self, adapter: ChallengeAdapter, cache: PreprocessedCache, root: str | Path,
-                 sampler: ForegroundBackgroundSampler, extractor: Callable, batch_size: int = 10,
-                 segments_per_epoch: int = 1000, val_segments: int = 200, val_fraction: float = 0.2,
-                 test_fraction: float = 0.2, split_seed: int = 0, seed: int = 0, num_workers: int = 0):
+                 sampler: CentreSampler, extractor: Callable, val_sampler: CentreSampler | None = None,
+                 val_augment: bool = True, batch_size: int = 10, segments_per_epoch: int = 1000,
+                 val_segments: int = 200, val_fraction: float = 0.2, test_fraction: float = 0.2, split_seed: int = 0,
+                 seed: int = 0, num_workers: int = 0, pin_memory: bool = False):
         super().__init__()
         self.adapter, self.cache, self.root = adapter, cache, Path(root)
         self.sampler, self.extractor, self.batch_size = sampler, extractor, batch_size
+        self.val_sampler, self.val_augment = val_sampler, val_augment
         self.segments_per_epoch, self.val_segments = segments_per_epoch, val_segments
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
-        self.seed, self.num_workers = seed, num_workers
+        self.seed, self.num_workers, self.pin_memory = seed, num_workers, pin_memory
         self.cases: dict[str, Case] = {}
         self.preprocessed: dict[str, PreprocessedCase] = {}
         self.split: CaseSplit | None = None
@@ -119,21 +128,30 @@ class BrainSegmentationDataModule(pl.LightningDataModule):
                                               self.split_seed, subjects)
         self.cache.fit([self.cases[i] for i in self.split.train], self.adapter)  # learning stages see train only
         self.preprocessed = {cid: self.cache.load(case, self.adapter) for cid, case in self.cases.items()}
-        self.train_set = self._segments(self.split.train, self.segments_per_epoch, self.seed)
-        self.val_set = self._segments(self.split.val, self.val_segments, self.seed + 10_000)
+        self.train_set = self._segments(self.split.train, self.segments_per_epoch, self.seed, augment=True)
+        self.val_set = self._segments(self.split.val, self.val_segments, self.seed + 10_000, augment=self.val_augment)
+        self.use(self.sampler, self.extractor)
 
-    def _segments(self, ids, length, seed) -> SegmentDataset:
-        return SegmentDataset([self.preprocessed[i] for i in ids], self.sampler, self.extractor, length, seed)
+    def _segments(self, ids, length, seed, augment) -> SegmentDataset:
+        return SegmentDataset([self.preprocessed[i] for i in ids], self.sampler, self.extractor, length, seed, augment)
+
+    def use(self, sampler: CentreSampler, extractor: Callable) -> None:
+        """Cut training and validation segments with ``extractor``, centred by ``sampler``, except
+        that a configured ``val_sampler`` keeps centring validation (a training phase's switch)."""
+        self.train_set.sampler, self.val_set.sampler = sampler, self.val_sampler or sampler
+        self.train_set.extractor = self.val_set.extractor = extractor
 
     def set_epoch(self, epoch: int) -> None:
         """Draw fresh training segments each epoch (validation segments stay fixed)."""
         self.train_set.epoch = epoch
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                        pin_memory=self.pin_memory)
 
     def test_cases(self) -> list[tuple[Case, PreprocessedCase]]:
         assert self.split is not None, "call setup() first"

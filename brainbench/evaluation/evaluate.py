@@ -2,7 +2,8 @@
 
 Runs on files alone (no torch, no models), so that an organiser can score submitted folders. A bad
 submitted file never stops the run: it becomes one line in ``problems`` and its case is scored as an
-empty prediction, as the protocol prescribes for a missing one. Problems with the *reference* folder
+empty prediction, as the protocol prescribes for a missing one, or, under the ``official`` input policy,
+as the edition's scorer read it when that scorer accepted the file. Problems with the *reference* folder
 are the organiser's to fix and raise :class:`~brainbench.errors.BrainbenchDataError`.
 
 Scale: ``workers > 1`` scores cases in a pool of processes started with ``spawn`` (forking a process
@@ -46,7 +47,7 @@ from brainbench.evaluation.overlap import (
     volume_difference_ratio,
     volumetric_similarity,
 )
-from brainbench.evaluation.protocols import Protocol
+from brainbench.evaluation.protocols import INPUT_POLICIES, STRICT_INPUT, Protocol, ScorerInput
 
 METRIC_COLUMNS = ("case", "region", "metric", "value")
 """Long-format metrics table: one row per case, region and metric; units in ``protocols.METRIC_UNITS``."""
@@ -56,10 +57,12 @@ _EMPTY_SCORED = "scored as an empty prediction"
 
 @dataclass
 class FolderEvaluation:
-    """Result of scoring a prediction folder: long-format ``metrics`` and one ``problems`` line per fault."""
+    """Result of scoring a prediction folder: long-format ``metrics``, one ``problems`` line per fault or
+    per case read differently from ``strict``, and the ``input_policy`` the files were read under."""
 
     metrics: pd.DataFrame
     problems: list[str]
+    input_policy: str
 
 
 def evaluate_case(
@@ -111,27 +114,33 @@ def evaluate_folders(
     *,
     workers: int = 1,
     progress: bool = False,
+    input_policy: str = "official",
 ) -> FolderEvaluation:
     """Score every reference case against ``<pred_dir>/<case_id>.nii.gz`` (or ``.nii``).
 
     ``references`` maps a case id to its reference label map (``Edition.find_references`` finds them in
-    a release as released). Spacing comes from the reference header. Rows are ordered by case id.
+    a release as released). The voxel size is the header's (NIfTI pixdim) of the file the edition's
+    scorer measures with (the reference unless ``protocol.scorer_input`` says otherwise). Rows are
+    ordered by case id.
 
     Predictions are untrusted: each header is checked before any voxel is read (3D, at most
     ``MAX_VOXELS`` voxels, an integer or float voxel type, the reference grid). A prediction that is
     missing, duplicated (``x.nii`` beside ``x.nii.gz``), unreadable, fails a header check (shape or
     affine off by more than 1e-3 mm), holds NaNs or labels outside ``allowed_labels``, or is a symlink
-    leaving ``pred_dir`` is reported in one line and scored as empty. Files matching no reference are
+    leaving ``pred_dir`` is reported in one line and scored as empty. Under ``input_policy="official"``
+    (``protocols.INPUT_POLICIES``) an affine or voxel values that the edition's scorer accepts are read
+    as it reads them instead, and the case is reported in one line. Files matching no reference are
     reported and ignored.
 
     ``workers``: processes scoring cases in parallel (1: in this process, no pool); the rows, problem
     lines and every value are the same for any number. ``progress``: a progress bar on stderr.
 
     Raises:
-        BrainbenchDataError: the prediction folder is missing, or a reference is unreadable or has
-            disallowed labels.
+        BrainbenchDataError: the prediction folder is missing or holds no file named after a reference
+            case, or a reference is unreadable or has disallowed labels.
     """
-    return _evaluate([pred_dir], None, references, regions, protocol, allowed_labels, workers, progress)
+    return _evaluate([pred_dir], None, references, regions, protocol, allowed_labels, workers, progress,
+                     input_policy)
 
 
 def evaluate_submissions(
@@ -143,11 +152,13 @@ def evaluate_submissions(
     *,
     workers: int = 1,
     progress: bool = False,
+    input_policy: str = "official",
 ) -> FolderEvaluation:
     """:func:`evaluate_folders` for each submission folder; ``team`` (the folder's name) leads each row.
 
     Rows and problem lines come team by team, in ``submission_dirs`` order. With ``workers > 1`` one pool
-    scores every (team, case) pair; each reference is read once for all teams.
+    scores every (team, case) pair; each reference is read once for all teams. A folder holding no file
+    named after a reference case scores every case as empty.
 
     Raises:
         BrainbenchConfigError: no submission folder, or two share a name.
@@ -158,15 +169,22 @@ def evaluate_submissions(
     repeated = sorted({team for team in teams if teams.count(team) > 1})
     if repeated:
         raise BrainbenchConfigError(f"--submissions: team names (folder names) must differ; repeated: {repeated}")
-    return _evaluate(submission_dirs, teams, references, regions, protocol, allowed_labels, workers, progress)
+    return _evaluate(submission_dirs, teams, references, regions, protocol, allowed_labels, workers, progress,
+                     input_policy)
 
 
-def write_metrics_csv(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write the long-format metrics table (``[team,] case, region, metric, value``) atomically."""
+def write_metrics_csv(frame: pd.DataFrame, path: str | Path, *, input_policy: str | None = None) -> Path:
+    """Write the long-format metrics table (``[team,] case, region, metric, value``) atomically.
+
+    ``input_policy``: recorded in a last ``input_policy`` column, so the file says how the predictions
+    behind its values were read.
+    """
     missing = [column for column in METRIC_COLUMNS if column not in frame.columns]
     if missing:
         raise ValueError(f"metrics table lacks columns {missing}")
     columns = ["team", *METRIC_COLUMNS] if "team" in frame.columns else list(METRIC_COLUMNS)
+    if input_policy is not None:
+        frame, columns = frame.assign(input_policy=input_policy), [*columns, "input_policy"]
     return write_atomic(path, lambda tmp: frame.to_csv(tmp, columns=columns, index=False))
 
 
@@ -188,10 +206,14 @@ def _evaluate(
     allowed_labels: set[int],
     workers: int,
     progress: bool,
+    input_policy: str,
 ) -> FolderEvaluation:
     """Score ``folders`` (one per team; ``teams`` None for the single-folder table without a team column)."""
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
         raise BrainbenchConfigError(f"workers must be a whole number of at least 1, got {workers!r}")
+    if input_policy not in INPUT_POLICIES:
+        raise BrainbenchConfigError(f"input policy {input_policy!r}: expected one of {', '.join(INPUT_POLICIES)}")
+    reading = protocol.scorer_input if input_policy == "official" else STRICT_INPUT
     workers = int(workers)
     roots = [existing_dir(folder) for folder in folders]
     if not references:
@@ -202,8 +224,10 @@ def _evaluate(
     for case_id, ref_path in sorted(references.items()):
         submissions = tuple((root, tuple(found.pop(case_id, []))) for root, found in zip(roots, predictions))
         jobs.append((case_id, Path(ref_path), submissions))
+    if teams is None and not any(candidates for _, _, ((_, candidates),) in jobs):
+        raise BrainbenchDataError(folders[0], _nothing_matched(jobs[0][0], predictions[0]))
     rows: list[list[tuple]] = [[] for _ in roots]
-    for job, result in zip(jobs, _scored(jobs, regions, protocol, allowed_labels, workers, progress)):
+    for job, result in zip(jobs, _scored(jobs, regions, protocol, allowed_labels, reading, workers, progress)):
         for team_rows, team_problems, (case_rows, case_problems) in zip(rows, problems, result):
             team_rows.extend((job[0], *row) for row in case_rows)
             team_problems.extend(case_problems)
@@ -211,27 +235,38 @@ def _evaluate(
         for paths in found.values():
             team_problems.extend(f"{path}: matches no reference case; ignored" for path in paths)
     if teams is None:
-        return FolderEvaluation(metrics=pd.DataFrame(rows[0], columns=list(METRIC_COLUMNS)), problems=problems[0])
+        metrics = pd.DataFrame(rows[0], columns=list(METRIC_COLUMNS))
+        return FolderEvaluation(metrics=metrics, problems=problems[0], input_policy=input_policy)
     metrics = pd.DataFrame(
         [(team, *row) for team, team_rows in zip(teams, rows) for row in team_rows], columns=["team", *METRIC_COLUMNS]
     )
     lines = [f"team {team}: {problem}" for team, team_problems in zip(teams, problems) for problem in team_problems]
-    return FolderEvaluation(metrics=metrics, problems=lines)
+    return FolderEvaluation(metrics=metrics, problems=lines, input_policy=input_policy)
+
+
+def _nothing_matched(first_case: str, unmatched: Mapping[str, list[Path]]) -> str:
+    """Why a prediction folder is refused as a whole: what its files should be called, and what they are."""
+    found = [path.name for paths in unmatched.values() for path in paths]
+    seen = f"found {len(found)} NIfTI file(s) named otherwise, e.g. {found[0]}" if found else "found no NIfTI file"
+    return (f"no prediction matches a reference case: expected files named <case_id>.nii.gz, e.g. "
+            f"{first_case}{NIFTI_SUFFIXES[0]}; {seen}")
 
 
 def _score_job(
-    job: _CaseJob, regions: Mapping[str, Sequence[int]], protocol: Protocol, allowed: set[int]
+    job: _CaseJob, regions: Mapping[str, Sequence[int]], protocol: Protocol, allowed: set[int], reading: ScorerInput
 ) -> _CaseResult:
-    """Read one reference and each team's prediction of it; score each against it."""
+    """Read one reference and each team's prediction of it; score each against it, measured in the voxel
+    size of the header ``reading.spacing_from`` names (the reference's for a missing prediction)."""
     case_id, ref_path, submissions = job
     ref, ref_grid = _read_labels(ref_path, allowed)
+    ref_spacing = _header_spacing(ref_path, ref_grid)
     result = []
     for root, candidates in submissions:
         problems: list[str] = []
-        pred = _prediction_or_none(case_id, list(candidates), root, ref_grid, allowed, problems)
-        if pred is None:
-            pred = np.zeros_like(ref)
-        case_rows = evaluate_case(pred, ref, ref_grid.spacing, regions, protocol)
+        read = _prediction_or_none(case_id, list(candidates), root, ref_grid, allowed, reading, problems)
+        pred, pred_spacing = read if read is not None else (np.zeros_like(ref), ref_spacing)
+        spacing = pred_spacing if reading.spacing_from == "prediction" else ref_spacing
+        case_rows = evaluate_case(pred, ref, spacing, regions, protocol)
         result.append(([(row["region"], row["metric"], row["value"]) for row in case_rows], problems))
     return result
 
@@ -241,6 +276,7 @@ def _scored(
     regions: Mapping[str, Sequence[int]],
     protocol: Protocol,
     allowed: set[int],
+    reading: ScorerInput,
     workers: int,
     progress: bool,
 ) -> Iterator[_CaseResult]:
@@ -249,11 +285,11 @@ def _scored(
     with _progress_bar(progress, pairs) as advance:
         if workers == 1 or len(jobs) == 1:
             for job in jobs:
-                result = _score_job(job, regions, protocol, allowed)
+                result = _score_job(job, regions, protocol, allowed, reading)
                 advance(len(result))
                 yield result
             return
-        context = ({name: tuple(labels) for name, labels in regions.items()}, protocol, set(allowed))
+        context = ({name: tuple(labels) for name, labels in regions.items()}, protocol, set(allowed), reading)
         processes = min(workers, len(jobs))
         chunksize = max(1, min(8, len(jobs) // (4 * processes)))
         with multiprocessing.get_context("spawn").Pool(processes, _start_worker, context) as pool:
@@ -265,12 +301,13 @@ def _scored(
 
 
 _WORKER_CONTEXT: tuple | None = None
-"""``(regions, protocol, allowed labels)`` in a worker process, sent once when it starts."""
+"""``(regions, protocol, allowed labels, reading)`` in a worker process, sent once when it starts."""
 
 
-def _start_worker(regions: dict[str, tuple[int, ...]], protocol: Protocol, allowed: set[int]) -> None:
+def _start_worker(regions: dict[str, tuple[int, ...]], protocol: Protocol, allowed: set[int],
+                  reading: ScorerInput) -> None:
     global _WORKER_CONTEXT
-    _WORKER_CONTEXT = (regions, protocol, allowed)
+    _WORKER_CONTEXT = (regions, protocol, allowed, reading)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which terminates the pool
 
 
@@ -463,7 +500,7 @@ _SURFACE_METRICS: dict[tuple[str, str], Callable[..., float]] = {
     ("kth-ranked", "assd"): surface.average_symmetric_surface_distance,
     ("in-plane", "hd95"): surface.in_plane_hd95,
     ("covalic", "hd"): partial(surface.covalic_hausdorff, fraction=1.0),
-    ("covalic", "assd"): surface.average_symmetric_surface_distance,
+    ("covalic", "assd"): surface.covalic_average_distance,
     ("itk-set", "hd"): surface.set_hausdorff,
 }
 """(variant, metric) → function of ``(pred, ref, spacing, *, if_both_empty, if_one_empty)``; the keys
@@ -570,9 +607,16 @@ def _find_predictions(root: Path, problems: list[str]) -> dict[str, list[Path]]:
 
 
 def _prediction_or_none(
-    case_id: str, paths: list[Path], root: Path, ref_grid: Grid, allowed: set[int], problems: list[str]
-) -> np.ndarray | None:
-    """The case's prediction labels, or None (with one line in ``problems``) when it cannot be used."""
+    case_id: str,
+    paths: list[Path],
+    root: Path,
+    ref_grid: Grid,
+    allowed: set[int],
+    reading: ScorerInput,
+    problems: list[str],
+) -> tuple[np.ndarray, tuple[float, float, float]] | None:
+    """The case's prediction labels and header voxel size, or None (with one line in ``problems``) when
+    it cannot be used; a prediction ``reading`` accepts where strict would not also gets one line."""
     if not paths:
         expected = root / f"{case_id}{NIFTI_SUFFIXES[0]}"
         problems.append(f"{expected}: no prediction for case {case_id}; {_EMPTY_SCORED}")
@@ -582,14 +626,18 @@ def _prediction_or_none(
         problems.append(f"{names}: several predictions for case {case_id}; {_EMPTY_SCORED}")
         return None
     path = paths[0]
+    departures: list[tuple[str, str]] = []  # (what strict refuses, what the scorer does instead)
     try:
         if not _inside(path, root):
             raise BrainbenchDataError(path, f"link resolves outside {root}")
         grid = read_grid(path)
         image = _check_voxel_type(path)
         if not grid.matches(ref_grid):
-            raise BrainbenchDataError(path, _grid_mismatch(grid, ref_grid))
-        pred, _ = _read_labels(path, allowed, grid=grid, image=image)
+            if grid.shape != ref_grid.shape or reading.compares_affine:
+                raise BrainbenchDataError(path, _grid_mismatch(grid, ref_grid))
+            departures.append((_grid_mismatch(grid, ref_grid), "headers are not compared, voxels lie on the "
+                                                                "reference grid"))
+        pred = _labels_as_read(path, grid, image, allowed, reading, departures)
     except BrainbenchDataError as error:
         problems.append(f"{error}; {_EMPTY_SCORED}")
         return None
@@ -597,7 +645,43 @@ def _prediction_or_none(
         detail = " ".join(str(error).split())[:200]
         problems.append(f"{path}: cannot be read ({type(error).__name__}: {detail}); {_EMPTY_SCORED}")
         return None
-    return pred
+    if departures:
+        found, done = zip(*departures)
+        problems.append(f"{path}: {'; '.join(found)}; scored as {reading.scorer} does: {'; '.join(done)}")
+    return pred, _header_spacing(path, grid, image)
+
+
+def _labels_as_read(
+    path: Path,
+    grid: Grid,
+    image: nib.spatialimages.SpatialImage,
+    allowed: set[int],
+    reading: ScorerInput,
+    departures: list[tuple[str, str]],
+) -> np.ndarray:
+    """The strict labels; voxel values strict refuses (NaN, non-integer, not ``allowed``) as ``reading``
+    reads them when it reads them, adding a departure. A file whose voxels cannot be read is refused."""
+    try:
+        return _read_labels(path, allowed, grid=grid, image=image)[0]
+    except BrainbenchDataError as refused:
+        if reading.labels is None:
+            raise
+        try:
+            values = np.asanyarray(image.dataobj).reshape(grid.shape)
+        except Exception:
+            raise refused from None
+        departures.append((refused.problem, reading.labels.effect))
+        return reading.labels.read(values, allowed)
+
+
+def _header_spacing(
+    path: Path, grid: Grid, image: nib.spatialimages.SpatialImage | None = None
+) -> tuple[float, float, float]:
+    """The voxel size (mm) a scorer reads: NIfTI pixdim (``get_zooms``, SimpleITK's spacing), else the grid's."""
+    if not path.name.endswith(NIFTI_SUFFIXES):
+        return grid.spacing
+    header = (image if image is not None else nib.load(str(path))).header
+    return tuple(float(zoom) for zoom in header.get_zooms()[:3])
 
 
 def _check_voxel_type(path: Path) -> nib.spatialimages.SpatialImage:

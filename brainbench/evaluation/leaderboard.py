@@ -190,7 +190,7 @@ class Leaderboard:
 
 def rank_teams(frame: pd.DataFrame, rule: RankingRule, title: str, data_source: str,
                out_dir: str | Path | None = None, ties: str = "min", n_bootstrap: int = 1000, seed: int = 0,
-               bootstrap_unit: str = "case") -> Leaderboard:
+               bootstrap_unit: str = "case", notes: Sequence[str] = ()) -> Leaderboard:
     """Rank the teams of a long ``team, case, region, metric, value`` frame with ``rule``.
 
     The table holds rank, team, the rule's score and detail columns, the bootstrap rank interval
@@ -198,12 +198,13 @@ def rank_teams(frame: pd.DataFrame, rule: RankingRule, title: str, data_source: 
     BraTS rule the permutation-test p-value against the next team, and a ``mean±std (median;
     q25–q75)`` cell per region × ranked metric. With ``out_dir`` it writes ``leaderboard.{md,csv,html,tex}``,
     ``metrics.csv`` (the input), ``cases_<metric>.png`` per ranked metric and ``rank_stability.png``.
+    ``notes`` (e.g. how the predictions were read) follow the ranking rule's note in every table.
     """
     ranking = rule.rank(frame, ties)
     teams = list(ranking["team"])
     metrics = rule.metrics
     table = ranking.copy()
-    notes = [f"Ranking: {rule.name} ({rule.source}); score = {rule.score_meaning}; ties '{ties}'."]
+    notes = [f"Ranking: {rule.name} ({rule.source}); score = {rule.score_meaning}; ties '{ties}'.", *notes]
     if rule.name == "brats-rank-then-aggregate":
         case_scores = per_case_ranks(frame, rule.metrics, ties).groupby(level="case").mean()
         tests = adjacent_permutation_tests(case_scores, ranking, seed=seed)

@@ -45,41 +45,72 @@ def anima_detection(
 ) -> dict[str, float]:
     """LTPR (SensL), LPPV (PPVL) and lesion F1 as animaSegPerfAnalyzer computes them.
 
-    Components (6-connected) of at most ``min_volume_mm3`` are dropped first: a component is kept when it
-    has at least ``floor(min_volume_mm3 / voxel volume) + 1`` voxels. A reference lesion is detected
-    when (a) the prediction covers more than ``alpha`` of it and (b) taking the predicted components
-    that overlap it by decreasing overlap, none lies more than ``beta`` outside the lesion before the
-    covered fraction reaches ``gamma``; predicted lesions are tested against the reference the same way.
-    No reference (prediction) lesion leaves LTPR (LPPV) at 0/0 = NaN, and F1 NaN with it.
+    Source: Inria-Empenn/Anima-Public ``segmentation_performance_analyzer/animaSegPerfCAnalyzer.cxx``
+    (``getOverlapTab``, ``getTruePositiveLesions``, ``falsePositiveRatioTester``). Components (6-connected)
+    of at most ``min_volume_mm3`` become background first: a component is kept when it has at least
+    ``floor(min_volume_mm3 / voxel volume) + 1`` voxels. A reference lesion is detected when (a) the
+    prediction covers more than ``alpha`` of it and (b) walking the predicted components that overlap it
+    by decreasing overlap, none fails :func:`_anima_outside_fractions` (> ``beta``) before the weights
+    of :func:`_anima_coverage_weights` reach ``gamma`` or the walk reaches :func:`_anima_walk_length`;
+    predicted lesions are tested against the reference the same way. No reference (prediction) lesion
+    leaves LTPR (LPPV) at 0/0 = NaN, and F1 NaN with it.
     """
     pred, ref = _cropped(pred, ref)
     voxel_volume = float(np.prod(spacing))
     min_size = math.floor(rule.min_volume_mm3 / voxel_volume) + 1
     ref_labels, n_ref = _components(ref, SIX_CONNECTED, min_size)
     pred_labels, n_pred = _components(pred, SIX_CONNECTED, min_size)
-    overlap = _overlap_matrix(ref_labels, n_ref, pred_labels, n_pred)
-    ref_sizes = np.bincount(ref_labels.ravel(), minlength=n_ref + 1)[1:]
-    pred_sizes = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)[1:]
-    detected_ref = sum(_anima_detected(row, size, pred_sizes, rule) for row, size in zip(overlap, ref_sizes))
-    detected_pred = sum(_anima_detected(col, size, ref_sizes, rule) for col, size in zip(overlap.T, pred_sizes))
+    table = _overlap_table(ref_labels, n_ref, pred_labels, n_pred)
+    detected_ref = sum(_anima_detected(table, lesion, rule) for lesion in range(1, n_ref + 1))
+    detected_pred = sum(_anima_detected(table.T, lesion, rule) for lesion in range(1, n_pred + 1))
     ltpr = detected_ref / n_ref if n_ref else math.nan
     lppv = detected_pred / n_pred if n_pred else math.nan
     f1 = 2 * lppv * ltpr / (lppv + ltpr) if lppv + ltpr > 0 else math.nan
     return {"lesion_tpr": ltpr, "lesion_ppv": lppv, "lesion_f1": f1}
 
 
-def _anima_detected(overlaps: np.ndarray, size: int, other_sizes: np.ndarray, rule: AnimaRule) -> bool:
-    """The α/β/γ test of one lesion; ``overlaps[j]`` = voxels shared with component j of the other mask."""
-    if overlaps.sum() / size <= rule.alpha:
+def _anima_detected(table: np.ndarray, lesion: int, rule: AnimaRule) -> bool:
+    """The α/β/γ test of component ``lesion`` of this image (a row of ``table``, see :func:`_overlap_table`)."""
+    overlaps = table[lesion, 1:]
+    if overlaps.sum() / table[lesion].sum() <= rule.alpha:
         return False
+    outside = _anima_outside_fractions(table)
+    weights = _anima_coverage_weights(overlaps)
     covered = 0.0
-    for j in np.argsort(-overlaps, kind="stable"):
-        if covered >= rule.gamma or overlaps[j] == 0:
+    for j in np.argsort(-overlaps, kind="stable")[: _anima_walk_length(table)]:
+        if covered >= rule.gamma:
             break
-        if (other_sizes[j] - overlaps[j]) / other_sizes[j] > rule.beta:
+        if outside[j] > rule.beta:
             return False
-        covered += overlaps[j] / size
+        covered += weights[j]
     return True
+
+
+def _anima_outside_fractions(table: np.ndarray) -> np.ndarray:
+    """Per component of the other image, the fraction of its voxels in THIS image's background.
+
+    anima's β ratio ``overlapTab[0][j] / columnSum[j]``: a component overlapping two lesions is not
+    "outside" the one tested where it covers the other.
+    """
+    return table[0, 1:] / table[:, 1:].sum(axis=0)
+
+
+def _anima_coverage_weights(overlaps: np.ndarray) -> np.ndarray:
+    """The γ weight of each overlapping component: its overlap over the lesion's COVERED voxels.
+
+    anima divides by ``iSumOfTPForCurentRow`` (the lesion's voxels in any kept component of the other
+    image), not by the lesion's size, so the weights of the overlapping components sum to 1.
+    """
+    return overlaps / overlaps.sum()
+
+
+def _anima_walk_length(table: np.ndarray) -> int:
+    """Most components the walk tests: THIS image's label count, background included.
+
+    anima's loop runs ``while (dfSumWeight < γ && k < pi_iNbLabelsRef && !bExit)`` where the bound is
+    the number of labels of the image whose lesion is tested (lesions + 1), not the other image's.
+    """
+    return table.shape[0]
 
 
 def isles22_lesions(pred: np.ndarray, ref: np.ndarray, *, if_both_empty: float) -> dict[str, float]:
@@ -185,12 +216,11 @@ def _components(mask: np.ndarray, structure: np.ndarray, min_size: int = 1) -> t
     return labels, n
 
 
-def _overlap_matrix(a_labels: np.ndarray, n_a: int, b_labels: np.ndarray, n_b: int) -> np.ndarray:
-    """(n_a, n_b) voxel counts shared by component i of ``a`` and component j of ``b``."""
-    both = (a_labels > 0) & (b_labels > 0)
-    pairs = (a_labels[both].astype(np.int64) - 1) * n_b + (b_labels[both] - 1)
-    return np.bincount(pairs, minlength=n_a * n_b).reshape(n_a, n_b)
-
+def _overlap_table(a_labels: np.ndarray, n_a: int, b_labels: np.ndarray, n_b: int) -> np.ndarray:
+    """(n_a + 1, n_b + 1) voxel counts shared by label i of ``a`` and label j of ``b``, 0 = background,
+    as anima's ``getOverlapTab`` (the [0][0] cell counts only the voxels inside the arrays given)."""
+    pairs = a_labels.astype(np.int64).ravel() * (n_b + 1) + b_labels.ravel()
+    return np.bincount(pairs, minlength=(n_a + 1) * (n_b + 1)).reshape(n_a + 1, n_b + 1)
 
 
 def _cropped(pred: np.ndarray, ref: np.ndarray, margin: int = 0) -> tuple[np.ndarray, np.ndarray]:

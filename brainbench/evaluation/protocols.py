@@ -9,7 +9,10 @@ NaN as a value means "undefined, left out of means", the way the organisers' scr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+
+import numpy as np
 
 from brainbench.challenges.base import Edition
 from brainbench.errors import BrainbenchConfigError
@@ -48,7 +51,8 @@ SURFACE_VARIANTS = {
 """Surface-distance variants (spec §1.2) and the metrics each defines (functions in ``surface.py``):
 medpy voxel boundary (``hd95``/``hd``: pooled percentile; ``assd``), DeepMind surfels (robust HD and
 area-weighted average), K-th ranked (MRBrainS13), MRBrainS18 in-plane erosion + KD-tree, covalic
-(ISLES 2015–2017; its ASSD is the medpy one), ITK set distance (anima)."""
+(ISLES 2015–2017: ball-gradient boundary read in a Maurer map, ASSD = mean of the directed means), ITK
+set distance (anima)."""
 
 LESION_RULES = {
     "anima": ("lesion_tpr", "lesion_ppv", "lesion_f1"),
@@ -68,6 +72,115 @@ BRATS_2023_MISS_MM = 374.0
 """HD95 the BraTS 2023 scorer writes for an empty mask (∞ replaced by 374, spec §1.2, §2.6)."""
 
 _NAN = math.nan
+
+INPUT_POLICIES = ("official", "strict")
+"""How prediction files are read. ``strict``: a file off the reference grid (shape, or affine by more than
+1e-3 mm) or holding NaN, non-integer values or labels outside the edition's is scored as an empty
+prediction. ``official``: as the edition's scorer read it (:attr:`Protocol.scorer_input`), each case read
+differently from ``strict`` reported in one line. Both measure with a header voxel size (NIfTI pixdim), the
+reference's under ``strict`` and the one the scorer read under ``official``, never the affine's column
+norms, which differ from it by float rounding on oblique files."""
+
+
+def other_values_as_background(values: np.ndarray, labels: Collection[int]) -> np.ndarray:
+    """Values that are not one of ``labels`` (label 4 in BraTS 2023, 2.5, NaN) become background.
+
+    rachitsaluja/BraTS-2023-Metrics ``eval.py`` ``get_TissueWiseSeg``: each region keeps the voxels
+    equal to one of its labels (``np.place(pred, (pred != 1) & (pred != 2) & (pred != 3), 0)``).
+    """
+    return np.where(np.isin(values, list(labels)), values, 0).astype(np.int16)
+
+
+def nonzero_as_lesion(values: np.ndarray, labels: Collection[int]) -> np.ndarray:
+    """Any non-zero value (a probability, label 2, NaN) is lesion, label 1.
+
+    ezequieldlrosa/isles22_docker_evaluation ``eval_metrics_isles.py``: ``np.asarray(pred).astype(bool)``.
+    """
+    return (values != 0).astype(np.int16)
+
+
+def truncated_to_uint8(values: np.ndarray, labels: Collection[int]) -> np.ndarray:
+    """Non-integer values truncated toward zero; then values other than a label count for none.
+
+    hjkuijf/MRBrainS18 ``evaluation.py`` ``getImages``: a non-integer image is ``sitk.Cast`` to UInt8;
+    each label is then selected by ``BinaryThreshold(image, k, k)``.
+    """
+    return other_values_as_background(np.trunc(values), labels)
+
+
+@dataclass(frozen=True)
+class LabelReading:
+    """How a scorer turns voxel values that brainbench's strict reading refuses into labels."""
+
+    read: Callable[[np.ndarray, Collection[int]], np.ndarray]
+    effect: str
+
+
+@dataclass(frozen=True)
+class ScorerInput:
+    """What an edition's scorer does with a prediction file: the ``official`` input policy.
+
+    The default is brainbench's ``strict`` reading, kept for editions whose scorer code was not read.
+
+    Attributes:
+        scorer: the scorer, named in each problem line it decides.
+        labels: its reading of NaN, non-integer or unknown values; None: it refuses them too.
+        compares_affine: False when it never compares the headers: the voxels are scored on the reference
+            grid whatever the affine says (the shapes must still agree).
+        spacing_from: whose header voxel size it measures with, ``"reference"`` or ``"prediction"``.
+    """
+
+    scorer: str = "brainbench's strict reading"
+    labels: LabelReading | None = None
+    compares_affine: bool = True
+    spacing_from: str = "reference"
+
+    def __post_init__(self) -> None:
+        if self.spacing_from not in ("reference", "prediction"):
+            raise ValueError(f"{self.scorer}: spacing_from must be 'reference' or 'prediction'")
+
+
+STRICT_INPUT = ScorerInput()
+"""The ``strict`` policy, and ``official`` for an edition that declares no scorer reading."""
+
+BRATS_2023_INPUT = ScorerInput(
+    scorer="BraTS-2023-Metrics eval.py",
+    labels=LabelReading(other_values_as_background, "values other than the edition's labels are background"),
+    compares_affine=False,
+    spacing_from="prediction",
+)
+"""rachitsaluja/BraTS-2023-Metrics ``eval.py`` ``get_LesionWiseScores``: ``nib.load(...).get_fdata()`` of
+both files, no header comparison, ``sx, sy, sz = pred_nii.header.get_zooms()``."""
+
+ISLES_2022_INPUT = ScorerInput(
+    scorer="ISLES'22 evaluation.py",
+    labels=LabelReading(nonzero_as_lesion, "any non-zero value is lesion"),
+    compares_affine=False,
+    spacing_from="prediction",
+)
+"""ezequieldlrosa/isles22_docker_evaluation ``evaluation.py`` ``score_case``: both images read by
+SimpleITK, no header comparison, voxel volume of the prediction (``get_voxel_volume(pred)``)."""
+
+MRBRAINS18_INPUT = ScorerInput(
+    scorer="MRBrainS18 evaluation.py",
+    labels=LabelReading(truncated_to_uint8, "non-integer values are truncated (UInt8 cast), other values "
+                                            "count for no label"),
+    compares_affine=False,
+    spacing_from="reference",
+)
+"""hjkuijf/MRBrainS18 ``evaluation.py`` ``getImages``: only the sizes are compared (``assert``), then
+``resultImage.CopyInformation(testImage)`` gives the prediction the reference's geometry."""
+
+
+def input_policy_note(policy: str, protocol: Protocol) -> str:
+    """The sentence stating how the predictions were read, shown next to their scores."""
+    if policy == "strict":
+        return ("Input policy: strict (a prediction off the reference grid or with values other than the "
+                "edition's labels is scored as empty).")
+    if protocol.scorer_input == STRICT_INPUT:
+        return "Input policy: official (no scorer reading is declared for this edition: read as strict)."
+    return (f"Input policy: official (predictions read as {protocol.scorer_input.scorer} reads them; each case "
+            "read differently from strict is listed as a problem).")
 
 
 @dataclass(frozen=True)
@@ -98,6 +211,7 @@ class Protocol:
         ignore_labels: reference labels whose voxels are set to background in both masks before any
             metric (MRBrainS18 9 and 10).
         missing_case: one of :data:`MISSING_CASE_RULES`.
+        scorer_input: how the edition's scorer reads a prediction file (``official`` input policy).
     """
 
     name: str
@@ -119,6 +233,7 @@ class Protocol:
     brats_lesions: BratsLesionRule | None = None
     ignore_labels: frozenset[int] = frozenset()
     missing_case: str = "empty"
+    scorer_input: ScorerInput = STRICT_INPUT
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRIC_UNITS]
@@ -171,6 +286,7 @@ def _brats_2023(subchallenge: str) -> Protocol:
         surface_variant="surfel",
         lesion_rule="brats2023",
         brats_lesions=BRATS2023_LESION_RULES[subchallenge],
+        scorer_input=BRATS_2023_INPUT,
     )
 
 
@@ -179,9 +295,8 @@ BRATS_2023 = {sub: _brats_2023(sub) for sub in BRATS2023_LESION_RULES}
 
 "Legacy" Dice (both empty 1), surfel robust HD95 (both empty 0, one empty 374), sensitivity and
 specificity with +eps denominators (both empty sensitivity 1; no negatives gives specificity 0), and
-lesion-wise Dice/HD95 with the sub-challenge's dilation and volume threshold (lesions.py). The scorer
-reads spacing from the prediction header; predictions share the reference grid here, so it is the same.
-Missing case: empty prediction.
+lesion-wise Dice/HD95 with the sub-challenge's dilation and volume threshold (lesions.py). Input as the
+scorer reads it: :data:`BRATS_2023_INPUT`. Missing case: empty prediction.
 """
 
 BRATS_VSD = Protocol(
@@ -200,22 +315,29 @@ gives exactly 0 for all three metrics on a non-empty region (PPV of an empty pre
 Both-empty values (1) are not documented by VSD [I].
 """
 
+COVALIC_EMPTY_OVERLAP = 0.0
+"""covalic's Dice, sensitivity and PPV divide by their voxel count plus 1e-20 (InsightSoftwareConsortium/covalic
+``Code/Metrics/{DiceOverlap,Sensitivity,PositivePredictiveValue}ImageToImageMetric.txx``): an empty
+denominator gives 0 / 1e-20 = 0, and a count of at least one is unchanged by the 1e-20 in float64."""
+
 ISLES_2015_2017 = Protocol(
     name="isles-2015-2017",
     metrics=("dice", "assd", "hd", "ppv", "sensitivity"),
-    dice_both_empty=1.0,
+    dice_both_empty=COVALIC_EMPTY_OVERLAP,
     hd_both_empty=0.0,
     hd_one_empty=math.inf,
-    sensitivity_both_empty=1.0,
-    sensitivity_ref_empty=0.0,
-    ppv_both_empty=1.0,
-    ppv_pred_empty=0.0,
+    sensitivity_both_empty=COVALIC_EMPTY_OVERLAP,
+    sensitivity_ref_empty=COVALIC_EMPTY_OVERLAP,
+    ppv_both_empty=COVALIC_EMPTY_OVERLAP,
+    ppv_pred_empty=COVALIC_EMPTY_OVERLAP,
     surface_variant="covalic",
     missing_case="lowest-rank",
 )
 """ISLES 2015 SISS/SPES, 2016, 2017 (``validateLabelImages-ISLES``: ASSD, DC, HD, precision, recall;
-spec §3.3, §1.2). covalic max HD (fraction 1.0); both empty 0, exactly one empty ∞ (``vnl_huge_val``)
-for HD and ASSD. A failed case is excluded from the ASSD/HD means and ranked last (lowest vacant rank).
+spec §3.3, §1.2). covalic max HD (fraction 1.0) and AverageDistance ASSD; both empty 0, exactly one
+empty ∞ (``vnl_huge_val``) for HD and ASSD; Dice, precision and recall 0 wherever their denominator is
+empty (:data:`COVALIC_EMPTY_OVERLAP`), two empty masks included. A failed case is excluded from the
+ASSD/HD means and ranked last (lowest vacant rank).
 """
 
 ISLES_2022 = Protocol(
@@ -224,9 +346,11 @@ ISLES_2022 = Protocol(
     dice_both_empty=1.0,
     lesion_rule="isles22",
     lesion_both_empty=1.0,
+    scorer_input=ISLES_2022_INPUT,
 )
 """ISLES 2022 (``ezequieldlrosa/isles22``, spec §3.3): Dice (both empty 1), |ΔV| in ml, lesion-count
-difference and lesion F1 (26-connectivity, any overlap; no lesions at all → 1). Missing case: empty."""
+difference and lesion F1 (26-connectivity, any overlap; no lesions at all → 1). Input as the scorer reads it:
+:data:`ISLES_2022_INPUT`. Missing case: empty."""
 
 MSSEG_2016 = Protocol(
     name="msseg-2016",
@@ -276,10 +400,12 @@ MRBRAINS18 = Protocol(
     metrics=("dice", "hd95", "volumetric_similarity"),
     surface_variant="in-plane",
     ignore_labels=frozenset({9, 10}),
+    scorer_input=MRBRAINS18_INPUT,
 )
 """MRBrainS18 (organisers' evaluation script, spec §6, §1.2): Dice, in-plane-erosion KD-tree HD95, VS
 per label 1–8 after masking reference labels 9 (infarction) and 10 (other) out of both images. The
-script's ``None`` (Dice/VS both empty, HD95 either empty) is NaN here. Missing case: empty."""
+script's ``None`` (Dice/VS both empty, HD95 either empty) is NaN here. Input as the script reads it:
+:data:`MRBRAINS18_INPUT`. Missing case: empty."""
 
 NEOBRAINS12 = Protocol(
     name="neobrains12",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from torch import nn
 
 from brainbench.challenges.base import Case, Edition
 from brainbench.data.cache import PreprocessedCase
+from brainbench.inference.device import InferenceSettings
 from brainbench.io import save_volume
 
 
@@ -25,17 +27,24 @@ class Predictions:
 
 
 def predict_cases(net: nn.Module, cases: Sequence[tuple[Case, PreprocessedCase]], edition: Edition,
-                  predict: Callable, out_dir: Path, postprocess: Callable | None = None) -> Predictions:
+                  predict: Callable, out_dir: Path, postprocess: Callable | None = None,
+                  settings: InferenceSettings | None = None) -> Predictions:
     """``<out_dir>/<case_id>.nii.gz`` (uint8, the edition's label values) for every case, in order.
 
     ``predict(net, image)`` returns class probabilities (K, X, Y, Z) on the preprocessed grid; the argmax
     is mapped back to the case's grid, then ``postprocess(labels, voxel_volume_mm3=...)`` if given.
+    ``settings``: the device the net is moved to and the autocast precision (default: where the net
+    is, full precision).
     """
+    if settings is not None:
+        net.to(settings.device)
     net.eval()
+    autocast = settings.autocast if settings is not None else contextlib.nullcontext
     started = time.perf_counter()
     array_grid = []
     for case, pre in cases:
-        probabilities = predict(net, pre.image)
+        with autocast():
+            probabilities = predict(net, pre.image)
         array_grid.append(edition.decode_labels(probabilities.argmax(0)))
         labels = pre.to_case_grid(array_grid[-1])
         if postprocess is not None:

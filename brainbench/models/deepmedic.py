@@ -305,10 +305,16 @@ class DeepMedic(nn.Module):
 class TwoPathwaySegments:
     """DeepMedic training segments: normal ``(C, S, S, S)`` and subsampled inputs, ``(O, O, O)`` target.
 
+    A flip reflects the volume along x (a view, nothing copied) and cuts the pair at the reflected
+    centre, as the reference reflects whole images before extraction: both pathways then see what
+    inference on the reflected volume sees. Flipping the cut pair instead would move the subsampled
+    context from offsets -28…+26 to -26…+28 around the centre (the lattice is not symmetric).
+
     Args:
         segment_size: normal-pathway segment edge in voxels (paper: 25, predicting 9³).
         subsample_factor: the subsampled pathway's factor (paper: 3).
-        flip_x_probability: mirror the segment along x with this probability (paper: 0.5).
+        flip_x_probability: reflect along x with this probability when augmenting (paper: 0.5,
+            ``reflectImagesPerAxis = [True, False, False]``).
     """
 
     segment_size: int = 25
@@ -320,9 +326,9 @@ class TwoPathwaySegments:
         return self.segment_size - 2 * CONV_LAYERS
 
     def __call__(self, image: np.ndarray, label: np.ndarray, centre: tuple[int, int, int],
-                 rng: np.random.Generator) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-        normal, subsampled = extract_training_pair(image, centre, self.segment_size, self.subsample_factor)
-        target = extract_label_block(label, centre, self.output_size)
-        if rng.random() < self.flip_x_probability:
-            normal, subsampled, target = (np.flip(a, axis=-3) for a in (normal, subsampled, target))
-        return (normal, subsampled), target
+                 rng: np.random.Generator, augment: bool = True) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        if augment and rng.random() < self.flip_x_probability:
+            image, label = np.flip(image, axis=-3), np.flip(label, axis=-3)
+            centre = (image.shape[-3] - 1 - centre[0], *centre[1:])
+        pair = extract_training_pair(image, centre, self.segment_size, self.subsample_factor)
+        return pair, extract_label_block(label, centre, self.output_size)

@@ -20,7 +20,8 @@ InputCascade joins the 5 stage-1 maps to the 4 input channels (9×33×33). Every
 H×W input to (H-32)×(W-32) logits (receptive field 33), so whole-slice inference equals patch-wise
 inference exactly (§1.9). The paper leaves open K and dropout (§1.3, §1.7, §1.11); the defaults
 are K = 2 (its Fig. 1 example and the usual re-implementation choice) and element-wise dropout 0.5
-(its example rate) on the output of each maxout layer.
+(its example rate) on the output of each maxout layer. Each maxout layer owns its dropout, so a
+frozen layer in eval mode (phase 2 of two-phase training) drops nothing, as at test time.
 
 Parameters. A maxout conv with ``K`` pieces is one ``nn.Conv2d`` with ``K·maps`` output channels
 (weights and one bias per piece), reduced by a max over the ``K`` consecutive channels of each map.
@@ -63,19 +64,21 @@ RECEPTIVE_FIELD = 33
 
 
 class MaxoutConv2d(nn.Module):
-    """Valid conv to ``pieces·out_channels`` maps, then the max over each map's ``pieces`` (Eq. 2)."""
+    """Valid conv to ``pieces·out_channels`` maps, the max over each map's ``pieces`` (Eq. 2), then
+    element-wise dropout with rate ``dropout``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, pieces: int):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, pieces: int, dropout: float = 0.0):
         super().__init__()
         self.pieces = pieces
         self.conv = nn.Conv2d(in_channels, out_channels * pieces, kernel_size)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv(x)
-        if self.pieces == 1:
-            return y
-        n, _, h, w = y.shape
-        return y.view(n, -1, self.pieces, h, w).amax(dim=2)
+        if self.pieces > 1:
+            n, _, h, w = y.shape
+            y = y.view(n, -1, self.pieces, h, w).amax(dim=2)
+        return self.drop(y)
 
 
 class TwoPathCNN(nn.Module):
@@ -104,10 +107,9 @@ class TwoPathCNN(nn.Module):
         self.n_classes = n_classes
         self.extra_channels = extra_channels
         self.join = join
-        self.local1 = MaxoutConv2d(in_channels + extra["input"], local_maps[0], 7, maxout_pieces)
-        self.local2 = MaxoutConv2d(local_maps[0] + extra["local"], local_maps[1], 3, maxout_pieces)
-        self.global1 = MaxoutConv2d(in_channels + extra["input"], global_maps, 13, maxout_pieces)
-        self.drop = nn.Dropout(dropout)
+        self.local1 = MaxoutConv2d(in_channels + extra["input"], local_maps[0], 7, maxout_pieces, dropout)
+        self.local2 = MaxoutConv2d(local_maps[0] + extra["local"], local_maps[1], 3, maxout_pieces, dropout)
+        self.global1 = MaxoutConv2d(in_channels + extra["input"], global_maps, 13, maxout_pieces, dropout)
         self.output_layer = nn.Conv2d(local_maps[1] + global_maps + extra["output"], n_classes, 21)
         self.reset_parameters(init_range)
 
@@ -149,11 +151,11 @@ class TwoPathCNN(nn.Module):
                              f"({self.extra_channels}), got {found}")
         if self.join == "input" and extra is not None:
             x = torch.cat([x, extra], dim=1)
-        local = F.max_pool2d(self.drop(self.local1(x)), 4, stride=1)
+        local = F.max_pool2d(self.local1(x), 4, stride=1)
         if self.join == "local" and extra is not None:
             local = torch.cat([local, extra], dim=1)
-        local = F.max_pool2d(self.drop(self.local2(local)), 2, stride=1)
-        features = torch.cat([local, self.drop(self.global1(x))], dim=1)
+        local = F.max_pool2d(self.local2(local), 2, stride=1)
+        features = torch.cat([local, self.global1(x)], dim=1)
         if self.join == "output" and extra is not None:
             features = torch.cat([features, extra], dim=1)
         return self.output_layer(features)

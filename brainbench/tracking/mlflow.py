@@ -37,13 +37,12 @@ def ensure_experiment(tracking_uri: str, experiment_name: str) -> str:
 
 
 class PrepareTrackingStore(Callback):
-    """Hydra callback: prepare the MLflow store once in the launching process, before any job."""
+    """Hydra callback: prepare the MLflow store once in the launching process, before any job of a
+    multirun. A single run prepares it itself once its config has been checked, so that a config
+    error leaves no store behind."""
 
     def __init__(self, tracking_uri: str, experiment_name: str):
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        ensure_experiment(self.tracking_uri, self.experiment_name)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         ensure_experiment(self.tracking_uri, self.experiment_name)

@@ -42,9 +42,10 @@ class Phase:
             ``None``: the whole net.
         trainable: parameter-name prefixes, relative to ``module``, that train (``[output_layer]``);
             ``None``: all of ``module``. Every other parameter of the net is frozen.
-        sampler: centre sampler of this phase's training and validation patches; ``None``: the
-            run's ``sampler.centres``.
-        segments: extractor of this phase; ``None``: the model's ``model.segments``.
+        sampler: centre sampler of this phase's training patches, and of its validation patches
+            unless the data module has its own ``val_sampler``; ``None``: the run's ``sampler.centres``.
+        segments: extractor of this phase (training and validation); ``None``: the model's
+            ``model.segments``.
         max_epochs: epochs of this phase; ``None``: ``trainer.max_epochs``.
         init_output_bias: before the phase, set ``module``'s softmax biases to the log label
             frequencies of the training cases' brain voxels (Havaei §1.5).
@@ -71,9 +72,7 @@ class Phase:
                 f"{self.module or 'the net'} (parameters: {sorted({n.split('.')[0] for n in names})})")
         for name in trained:
             names[name].requires_grad_(True)
-        for dataset in (datamodule.train_set, datamodule.val_set):
-            dataset.sampler = self.sampler or datamodule.sampler
-            dataset.extractor = self.segments or datamodule.extractor
+        datamodule.use(self.sampler or datamodule.sampler, self.segments or datamodule.extractor)
         if self.init_output_bias:
             module.init_output_bias(label_frequencies(datamodule.train_set.cases, module.n_classes))
         return module

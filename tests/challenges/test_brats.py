@@ -6,7 +6,7 @@ import pytest
 from brainbench.challenges import EDITIONS, adapter_for
 from brainbench.challenges import ChallengeAdapter
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
-from tests.conftest import write_brats_case, write_nifti
+from tests.helpers import write_brats_case, write_nifti
 
 
 def test_discovers_cases_with_channels_in_order(brats_tree):

@@ -17,7 +17,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from tests.conftest import REAL_DATA
+from tests.helpers import REAL_DATA
 from tests.helpers import TINY_DEEPMEDIC, run_cli
 
 MS_CASE = REAL_DATA / "ms_lesion_ljubljana_patient19"

@@ -12,7 +12,7 @@ from brainbench.io import load_label, read_grid
 from brainbench.data.synth.isles import case_files, synthesize_isles
 from brainbench.errors import BrainbenchDataError
 from brainbench.evaluation.protocols import PROTOCOLS
-from tests.conftest import REAL_DATA, write_nifti
+from tests.helpers import REAL_DATA, write_nifti
 
 SPACING = 4.0
 N_CASES = 3

@@ -15,7 +15,7 @@ import pytest
 from brainbench.challenges import ChallengeAdapter
 from brainbench.io import load_label, load_volume, save_volume
 from brainbench.errors import BrainbenchDataError
-from tests.conftest import REAL_DATA
+from tests.helpers import REAL_DATA
 
 MS_CASE = REAL_DATA / "ms_lesion_ljubljana_patient19"
 MALF_CASE = REAL_DATA / "miccai2012_malf_oasis_1000"

@@ -1,28 +1,12 @@
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
-import pytest
 
 from brainbench.challenges import ChallengeAdapter
 from brainbench.data.cache import PreprocessedCache
 from brainbench.io import load_volume
 from brainbench.data.preprocess import ZScoreInBrain
-from tests.conftest import write_brats_case
-
-
-@pytest.fixture
-def nifti_loads(monkeypatch):
-    """Count every nibabel.load call (the cache must make the second pass read none)."""
-    calls = []
-    real_load = nib.load
-
-    def counting_load(*args, **kwargs):
-        calls.append(args[0])
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(nib, "load", counting_load)
-    return calls
+from tests.helpers import write_brats_case
 
 
 def test_second_pass_reads_no_nifti_and_returns_same_arrays(brats_tree, tmp_path, nifti_loads):

@@ -18,8 +18,7 @@ from brainbench.data.preprocess import (CaseArrays, CurvatureFlowDenoising, Hist
                                         ZScoreInBrain, load_case)
 from brainbench.data.registration import register, resample
 from brainbench.errors import BrainbenchDataError
-from tests.conftest import REAL_DATA, write_brats_case
-from tests.data.test_cache import nifti_loads  # noqa: F401  (fixture)
+from tests.helpers import REAL_DATA, write_brats_case
 
 MNI_T1 = REAL_DATA / "mni_icbm152_2009a_nilearn" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 MS = REAL_DATA / "ms_lesion_ljubljana_patient19"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -119,3 +121,83 @@ def test_rotation_turns_window_and_target_together(cases):
         np.testing.assert_array_equal(target, np.rot90(plain_target, turns[0]))
         seen.add(turns[0])
     assert seen == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("margin", [(28, 27), (16, 16)])
+def test_rotated_patch_is_the_patch_of_the_rotated_volume(cases, margin):
+    """Rotation turns the volume about the centre voxel: asymmetric windows (LocalCascade's 56×56) and
+    even targets keep the predicted pixel where the model expects it."""
+    case = cases[0]
+    image, label = np.asarray(case.image), np.asarray(case.label)
+    centre = (11, 13, 10)
+    marker = np.zeros(label.shape, bool)
+    marker[centre] = True
+    plain = AxialPatches(margin=margin, output_size=4)
+    candidates = []
+    for k in range(4):
+        rotated_centre = tuple(int(i) for i in np.argwhere(np.rot90(marker, k, axes=(0, 1)))[0])
+        candidates.append(plain(np.rot90(image, k, axes=(1, 2)), np.rot90(label, k, axes=(0, 1)), rotated_centre,
+                                np.random.default_rng(0)))
+    seen = set()
+    for seed in range(24):
+        (window,), target = AxialPatches(margin=margin, output_size=4, rotate_90=True)(
+            image, label, centre, np.random.default_rng(seed))
+        turns = [k for k, ((w,), t) in enumerate(candidates) if np.array_equal(window, w) and np.array_equal(target, t)]
+        assert len(turns) == 1
+        seen.add(turns[0])
+    assert seen == {0, 1, 2, 3}
+
+
+def _unequal_cases(cases):
+    """Three cases whose class counts differ: the tumour as written, a large oedema block (classes 1
+    and 3 absent), and a small enhancing block only."""
+    first, second, third = cases
+    oedema = np.asarray(second.label).copy()
+    oedema[4:16, 4:16, 4:12] = 2
+    enhancing = np.zeros_like(np.asarray(third.label))
+    enhancing[10:12, 10:12, 9:11] = 3
+    return [first, replace(second, label=oedema), replace(third, label=enhancing)]
+
+
+@pytest.mark.parametrize("exponent", [0.0, 1.0])
+def test_dataset_scope_weighs_classes_over_the_pooled_training_set(cases, exponent):
+    cases = _unequal_cases(cases)
+    # Naive: list every brain voxel of every case with its class; voxel v of class c has probability
+    # N_c ** exponent / sum_k N_k ** exponent / N_c, N_c its class's voxels over all cases together.
+    case_of, class_of = [], []
+    for i, case in enumerate(cases):
+        label = np.asarray(case.label)
+        in_brain = np.asarray(case.brain) | (label > 0)
+        case_of += [i] * int(in_brain.sum())
+        class_of += list(label[in_brain])
+    case_of, class_of = np.array(case_of), np.array(class_of, dtype=np.int64)
+    totals = np.bincount(class_of, minlength=4).astype(float)
+    class_mass = totals ** exponent / (totals ** exponent).sum()
+    voxel_p = class_mass[class_of] / totals[class_of]
+    expected = np.zeros((3, 4))
+    np.add.at(expected, (case_of, class_of), voxel_p)
+
+    sampler, rng = ClassFrequencySampler(exponent=exponent, scope="dataset"), np.random.default_rng(4)
+    observed = np.zeros((3, 4))
+    for _ in range(DRAWS):
+        case, centre = sampler.draw(cases, rng)
+        index = next(i for i, c in enumerate(cases) if c is case)
+        assert np.asarray(case.brain)[centre] or np.asarray(case.label)[centre] > 0
+        observed[index, np.asarray(case.label)[centre]] += 1
+    assert observed / DRAWS == pytest.approx(expected, abs=0.025)
+    if exponent == 0.0:  # per case, necrosis (in one case of three) would get 1/3 · 1/4
+        assert observed[:, 1].sum() / DRAWS == pytest.approx(0.25, abs=0.025)
+
+
+def test_case_scope_weighs_classes_within_each_uniformly_drawn_case(cases):
+    cases = _unequal_cases(cases)
+    sampler, rng = ClassFrequencySampler(exponent=0.0), np.random.default_rng(6)
+    observed = np.zeros((3, 4))
+    for _ in range(DRAWS):
+        case, centre = sampler.draw(cases, rng)
+        observed[next(i for i, c in enumerate(cases) if c is case), np.asarray(case.label)[centre]] += 1
+    present = [np.unique(np.asarray(c.label)[np.asarray(c.brain) | (np.asarray(c.label) > 0)]) for c in cases]
+    expected = np.zeros((3, 4))
+    for i, classes in enumerate(present):
+        expected[i, classes] = 1 / 3 / len(classes)
+    assert observed / DRAWS == pytest.approx(expected, abs=0.025)

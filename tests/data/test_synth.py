@@ -11,12 +11,12 @@ import pytest
 from brainbench.io import Grid
 from brainbench.data.synth.anatomy import template_tissues
 from brainbench.data.synth.brats import (
-    METADATA_FILE,
     SynthBratsConfig,
     case_files,
     synthesize_brats,
     synthesize_case,
 )
+from brainbench.data.synth.subject import METADATA_FILE
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 
 SEED = 7

@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from brainbench.errors import BrainbenchDataError
 from brainbench.evaluation.leaderboard import EVIDENCE_TAGS, PUBLISHED_COLUMNS, SPLITS, load_published
-from tests.conftest import REAL_DATA
-from tests.training.test_train_e2e import brainbench
+from tests.helpers import REAL_DATA
+from tests.helpers import run_cli as brainbench
 
 REAL_CASE = REAL_DATA / "brats_toolkit_TCGA-DU-7294" / "TCGA-DU-7294_brainles"
 TEAMS = ("hnfnetv1-20", "isen-20", "sanet0-20", "scan-20", "yixinmpl-20")

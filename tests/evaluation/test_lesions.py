@@ -164,18 +164,44 @@ def test_anima_beta(outside, detected):
     assert result["lesion_f1"] == (1.0 if detected else 0.0)
 
 
-@pytest.mark.parametrize(("first", "detected"), [(65, True), (64, False)])
-def test_anima_gamma(first, detected):
-    gt = np.zeros((110, 25, 3), dtype=bool)
+def test_anima_beta_counts_the_other_component_in_this_image_background():
+    gt = np.zeros((28, 3, 3), dtype=bool)
+    gt[0:5, 1, 1] = True  # R1: 5 voxels
+    gt[6:26, 1, 1] = True  # R2: 20 voxels, after a 1-voxel gap
+    pred = np.zeros_like(gt)
+    pred[0:26, 1, 1] = True  # P: one 26-voxel component over both lesions and the gap
+    # R1: P lies 21/26 = 0.81 outside R1, but only 1/26 (the gap) in the reference background ≤ β → detected.
+    # R2 likewise. P: covered 25/26; R2 first (20/25 = 0.8 ≥ γ), none of R2 in the prediction background.
+    assert anima_detection(pred, gt, ISO) == {"lesion_tpr": 1.0, "lesion_ppv": 1.0, "lesion_f1": 1.0}
+
+
+@pytest.mark.parametrize(("first", "detected"), [(20, True), (15, False)])
+def test_anima_gamma_weighs_the_covered_voxels(first, detected):
+    gt = np.zeros((110, 45, 3), dtype=bool)
     gt[0:100, 0, 0] = True  # a 100-voxel rod
     pred = np.zeros_like(gt)
-    pred[0:first, 0, 0] = True  # component A, wholly inside
-    pred[first + 1 : first + 6, 0, 0] = True  # component B: 5 voxels inside after a 1-voxel gap …
-    pred[first + 5, 1:21, 0] = True  # … and 20 outside: 20/25 = 0.8 > β
-    # A alone covers 0.65 ≥ γ: B is never looked at → detected; with 0.64, B is reached and fails β.
-    result = anima_detection(pred, gt, ISO)
-    assert result["lesion_tpr"] == (1.0 if detected else 0.0)
-    assert result["lesion_ppv"] == 0.5  # A is detected; B covers 5/25 > α but the rod is 95 % outside it
+    pred[0:first, 0, 0] = True  # A, wholly inside
+    pred[first + 1 : first + 11, 0, 0] = True  # B: 10 voxels inside after a 1-voxel gap …
+    pred[first + 10, 1:41, 0] = True  # … and 40 in the background: 40/50 = 0.8 > β
+    # Covered voxels: first + 10. A weighs 20/30 = 0.67 ≥ γ (B never tested) → detected;
+    # 15/25 = 0.60 < γ → B is tested and fails β → missed. (Weighed by the rod's size, A is 0.2 or 0.15.)
+    assert anima_detection(pred, gt, ISO)["lesion_tpr"] == (1.0 if detected else 0.0)
+
+
+@pytest.mark.parametrize(("second_lesion", "detected"), [(False, True), (True, False)])
+def test_anima_walk_stops_after_as_many_components_as_this_image_has_labels(second_lesion, detected):
+    gt = np.zeros((40, 10, 1), dtype=bool)
+    gt[0:40, 0:2, 0] = True  # L: an 80-voxel strip
+    pred = np.zeros_like(gt)
+    pred[0:10, 0:2, 0] = True  # P1: 20 voxels of L
+    pred[11:21, 0:2, 0] = True  # P2: 20
+    pred[22:30, 0:10, 0] = True  # P3: 16 of L and 64 in the background: 64/80 = 0.8 > β
+    pred[31:38, 0:2, 0] = True  # P4: 14
+    if second_lesion:
+        gt[0:5, 8, 0] = True  # a second, undetected reference lesion: the walk may test one more component
+    # Covered 70: P1 and P2 weigh 40/70 = 0.57 < γ. With L alone the reference has 2 labels (with
+    # background), so anima's loop (k < 2) stops there: detected. With 3 labels P3 is tested: missed.
+    assert anima_detection(pred, gt, ISO)["lesion_tpr"] == (1.0 if detected else 0.0)
 
 
 def test_anima_rule_is_a_parameter():

@@ -223,19 +223,59 @@ def test_in_plane_hd95_equals_the_mrbrains18_script(seed):
     assert surface.in_plane_hd95(b, a, ANISOTROPIC, **NO_EMPTY) == pytest.approx(expected, abs=1e-6)
 
 
-def test_covalic_max_hd_by_brute_force():
-    a, b = blob_pair(12, shape=(16, 14, 8), interior=True)
-    scale = np.array(ANISOTROPIC)
+def covalic_by_simpleitk(a: np.ndarray, b: np.ndarray, spacing) -> tuple[float, float]:
+    """covalic's HD and AverageDistance rebuilt from SimpleITK filters, on (x, y, z) arrays.
 
-    def inner_boundary(mask):
-        image = sitk.GetImageFromArray(mask.T.astype(np.uint8))
-        eroded = sitk.GetArrayFromImage(sitk.BinaryErode(image, (1, 1, 1))).T.astype(bool)
-        return np.argwhere(mask & ~eroded) * scale
+    Per direction: the morphological gradient (ball radius 1) restricted to the mask, read in the
+    other mask's SignedMaurerDistanceMap (inside negative, spacing on), absolute values. HD = the larger
+    directed maximum; ASSD = the mean of the two directed means.
+    """
 
-    pa, pb = inner_boundary(a), inner_boundary(b)
-    pairwise = np.linalg.norm(pa[:, None, :] - pb[None, :, :], axis=2)
-    expected = max(pairwise.min(axis=1).max(), pairwise.min(axis=0).max())
-    assert surface.covalic_hausdorff(a, b, ANISOTROPIC, **NO_EMPTY) == pytest.approx(expected, abs=1e-9)
+    def image(mask):
+        img = sitk.GetImageFromArray(mask.T.astype(np.uint8))
+        img.SetSpacing(spacing)
+        return img
+
+    def directed(source, target):
+        gradient = sitk.GetArrayFromImage(sitk.MorphologicalGradient(image(source), (1, 1, 1), sitk.sitkBall)).T
+        maurer = sitk.SignedMaurerDistanceMap(image(target), insideIsPositive=False, squaredDistance=False,
+                                              useImageSpacing=True)
+        return np.abs(sitk.GetArrayFromImage(maurer).T[(gradient != 0) & source])
+
+    d_ab, d_ba = directed(a, b), directed(b, a)
+    return max(d_ab.max(), d_ba.max()), (d_ab.mean() + d_ba.mean()) / 2
+
+
+def sphere(shape, centre_mm, radius_mm: float, spacing) -> np.ndarray:
+    grid = np.indices(shape).transpose(1, 2, 3, 0) * np.asarray(spacing)
+    return np.linalg.norm(grid - np.asarray(centre_mm), axis=-1) <= radius_mm
+
+
+def test_isles_2015_2017_covalic_distances_on_a_shifted_sphere():
+    a = sphere((30, 30, 12), (14.0, 14.0, 16.0), 9.0, ANISOTROPIC)
+    b = sphere((30, 30, 12), (16.5, 13.0, 19.0), 7.0, ANISOTROPIC)
+    expected_hd, expected_assd = covalic_by_simpleitk(a, b, ANISOTROPIC)
+    values = scores(b.astype(np.uint8), a.astype(np.uint8), PROTOCOLS["isles-2015-2017"])
+    assert values["assd"] == pytest.approx(expected_assd, abs=1e-5)  # float32 Maurer map in covalic
+    assert values["hd"] == pytest.approx(expected_hd, abs=1e-5)
+    pooled = medpy_binary.assd(b, a, voxelspacing=ANISOTROPIC)
+    assert abs(pooled - expected_assd) > 0.01  # the medpy ASSD is another number
+
+
+@pytest.mark.parametrize(("seed", "interior"), [(12, False), (13, True)])
+def test_covalic_distances_equal_simpleitk_filters(seed, interior):
+    a, b = blob_pair(seed, shape=(16, 14, 8), interior=interior)  # the first pair touches the array edge
+    expected_hd, expected_assd = covalic_by_simpleitk(a, b, ANISOTROPIC)
+    assert surface.covalic_hausdorff(a, b, ANISOTROPIC, **NO_EMPTY) == pytest.approx(expected_hd, abs=1e-5)
+    assert surface.covalic_average_distance(a, b, ANISOTROPIC, **NO_EMPTY) == pytest.approx(expected_assd, abs=1e-5)
+
+
+def test_isles_2015_2017_overlap_of_two_empty_masks_is_zero():
+    # covalic: 2·|A∩B| / (|A| + |B| + 2e-20), TP / (TP + FN + 1e-20), TP / (TP + FP + 1e-20): 0 / 1e-20 = 0
+    empty = np.zeros((6, 6, 4), dtype=np.uint8)
+    values = scores(empty, empty, PROTOCOLS["isles-2015-2017"])
+    assert (values["dice"], values["sensitivity"], values["ppv"]) == (0.0, 0.0, 0.0)
+    assert (values["hd"], values["assd"]) == (0.0, 0.0)
 
 
 @pytest.mark.parametrize("seed", [13, 14])

@@ -26,7 +26,7 @@ from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 from brainbench.evaluation.evaluate import evaluate_case, evaluate_folders, evaluate_submissions
 from brainbench.evaluation.protocols import PROTOCOLS
 from brainbench.io import load_label
-from tests.conftest import REAL_DATA
+from tests.helpers import REAL_DATA
 
 REAL_CASE = REAL_DATA / "brats_toolkit_TCGA-DU-7294" / "TCGA-DU-7294_brainles"
 PROTOCOL = PROTOCOLS["brats-legacy-2017-2021"]

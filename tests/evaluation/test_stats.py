@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
+from statsmodels.stats.multitest import multipletests
 
 from brainbench.errors import BrainbenchConfigError
 from brainbench.evaluation.plots import rank_stability_png
@@ -30,6 +31,14 @@ def test_holm_by_hand():
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_equals_statsmodels(seed):
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0, 0.2, 12)
+    p[3] = p[7]  # a tie
+    assert holm(p) == pytest.approx(multipletests(p, method="holm")[1], abs=1e-15)
+
+
 def test_pairwise_wilcoxon_with_holm():
     rng = np.random.default_rng(1)
     base = rng.uniform(0.5, 0.8, 12)
@@ -38,7 +47,7 @@ def test_pairwise_wilcoxon_with_holm():
     expected_p = wilcoxon(frame[frame.team == "A"]["value"].to_numpy() - base).pvalue
     assert table.loc[("A", "B"), "p"] == pytest.approx(expected_p)
     assert table.loc[("B", "B2"), "p"] == 1.0  # all differences zero
-    assert table["p_holm"].to_numpy() == pytest.approx(holm(table["p"].to_numpy()))
+    assert table["p_holm"].to_numpy() == pytest.approx(multipletests(table["p"], method="holm")[1])
     assert table.loc[("A", "B"), "a_better"] and not table.loc[("B", "B2"), "a_better"]
     hd = pairwise_wilcoxon(frame.assign(metric="hd95"), "WT", "hd95").set_index(["team_a", "team_b"])
     assert not hd.loc[("A", "B"), "a_better"]  # a larger HD95 is worse

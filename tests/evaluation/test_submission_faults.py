@@ -18,8 +18,8 @@ import pytest
 from brainbench.challenges import EDITIONS
 from brainbench.evaluation.evaluate import evaluate_folders
 from brainbench.evaluation.protocols import BRATS_LEGACY
-from tests.conftest import write_nifti
-from tests.training.test_train_e2e import brainbench
+from tests.helpers import write_nifti
+from tests.helpers import run_cli as brainbench
 
 BRATS2020 = EDITIONS["brats2020"]
 
@@ -114,7 +114,8 @@ def test_planted_faults_through_the_cli(tmp_path):
     problems = [line.removeprefix("problem: ") for line in result.stderr.splitlines() if line.startswith("problem: ")]
     assert_every_fault_once(problems, expected)
     metrics = pd.read_csv(tmp_path / "m.csv")
-    assert list(metrics.columns) == ["team", "case", "region", "metric", "value"] and set(metrics["team"]) == {"t1"}
+    assert list(metrics.columns) == ["team", "case", "region", "metric", "value", "input_policy"]
+    assert set(metrics["team"]) == {"t1"}
     check_scores(metrics)
 
 

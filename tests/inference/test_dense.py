@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,15 @@ from brainbench.inference.dense import predict_volume, predict_volume_whole, til
 from brainbench.models.deepmedic import DeepMedic, extract_training_pair
 
 TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: on the shared 2-core machine, thread hand-offs cost more than the convs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def randomised(model: DeepMedic, seed: int = 0) -> DeepMedic:
@@ -87,6 +98,93 @@ def test_every_voxel_is_predicted_exactly_once(shape, tile):
 def test_tile_output_must_be_a_multiple_of_the_factor(tiny, volume):
     with pytest.raises(BrainbenchConfigError, match="tile_output"):
         predict_volume(tiny, volume, tile_output=29)
+
+
+FACTOR = 3
+"""DeepMedic Original's subsampling factor (architectures.md §3.3)."""
+
+
+def naive_probabilities(model: DeepMedic, image: np.ndarray, voxels, normal_shift: int = 0,
+                        lattice_shift: int = 0) -> np.ndarray:
+    """Independent reference: each voxel's own two inputs cut with numpy, one float64 pass each.
+
+    For voxel v (per axis) the model predicts a single output voxel (O = 1) from
+
+    * the normal input ``x[v - 8 … v + 8]`` (17 voxels: the receptive field of 8 valid 3³ convs);
+    * the subsampled input ``x[l - 24], x[l - 21], … x[l + 24]`` (every 3rd voxel, no averaging,
+      17 samples: ceil(1/3) + 16), where ``l = 3·floor(v / 3)`` is the voxel leading v's coarse
+      block on the volume-anchored lattice (deepmedic.py's "Segment geometry"; the every-3rd-voxel
+      sampling is spec §3.3).
+
+    Everything outside the volume is zero. ``normal_shift`` / ``lattice_shift`` move the windows
+    (for the guard test). Returns (n_classes, len(voxels)) probabilities.
+    """
+    net = copy.deepcopy(model).double().eval()
+    pad = 9 * FACTOR + 1  # room for the guard test's shifted windows
+    padded = np.pad(np.asarray(image, np.float64), [(0, 0)] + [(pad, pad)] * 3)
+    out = []
+    with torch.no_grad():
+        for v in voxels:
+            normal = tuple(slice(c + normal_shift + pad - 8, c + normal_shift + pad + 9)
+                           for c in v)
+            lattice = [FACTOR * (c // FACTOR) + lattice_shift for c in v]
+            sub = tuple(slice(l + pad - 8 * FACTOR, l + pad + 8 * FACTOR + 1, FACTOR)
+                        for l in lattice)
+            high, low = padded[(slice(None), *normal)], padded[(slice(None), *sub)]
+            assert high.shape[1:] == low.shape[1:] == (17, 17, 17)
+            logits = net(torch.from_numpy(high)[None], torch.from_numpy(low)[None]).reshape(-1)
+            out.append(torch.softmax(logits, dim=0).numpy())
+    return np.stack(out, axis=1)
+
+
+@pytest.fixture(scope="module")
+def small() -> DeepMedic:
+    """The TINY_DEEPMEDIC widths of tests/helpers.py, randomised."""
+    torch.manual_seed(2)
+    return randomised(DeepMedic(feature_maps=(4, 4, 4, 4, 4, 4, 6, 6), fc_feature_maps=(8, 8)),
+                      seed=2)
+
+
+def test_inference_equals_a_naive_per_voxel_evaluation(small):
+    """Every voxel of a volume smaller than the receptive field (all three lattice phases per axis,
+    every window reaching past the border), against the tiled and whole-volume paths."""
+    image = np.random.default_rng(5).normal(size=(4, 8, 7, 5)).astype(np.float32)
+    voxels = np.argwhere(np.ones(image.shape[1:], bool))
+    reference = naive_probabilities(small, image, voxels)
+    assert len(np.unique(reference.argmax(axis=0))) >= 2 and reference.std(axis=1).max() > 0.05
+    for probs in (predict_volume(small, image, tile_output=3, batch_size=4),
+                  predict_volume(small, image, tile_output=(6, 9, 3)),
+                  predict_volume_whole(small, image)):
+        assert np.abs(probs[:, voxels[:, 0], voxels[:, 1], voxels[:, 2]] - reference).max() <= TOL
+
+
+@pytest.fixture(scope="module")
+def sampled_voxels(volume) -> np.ndarray:
+    """40 voxels of ``volume``: the 8 corners and 32 random ones (interior windows included)."""
+    shape = np.array(volume.shape[1:])
+    corners = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)]) * (shape - 1)
+    return np.concatenate([corners, np.random.default_rng(6).integers(0, shape, (32, 3))])
+
+
+@pytest.fixture(scope="module")
+def sampled_reference(small, volume, sampled_voxels) -> np.ndarray:
+    return naive_probabilities(small, volume, sampled_voxels)
+
+
+def test_tiled_inference_equals_a_naive_evaluation_of_sampled_voxels(small, volume, sampled_voxels,
+                                                                     sampled_reference):
+    probs = predict_volume(small, volume, tile_output=6, batch_size=8)
+    x, y, z = sampled_voxels.T
+    assert np.abs(probs[:, x, y, z] - sampled_reference).max() <= TOL
+
+
+@pytest.mark.parametrize(("normal_shift", "lattice_shift"), [(1, 0), (-1, 0), (0, 1), (0, -1), (0, 3)])
+def test_naive_reference_notices_a_shifted_window(small, volume, sampled_voxels, sampled_reference,
+                                                  normal_shift, lattice_shift):
+    """Guards the two tests above: either pathway's window one voxel (or one coarse sample) off
+    gives other probabilities, so an extraction offset error in inference cannot pass them."""
+    moved = naive_probabilities(small, volume, sampled_voxels[:16], normal_shift, lattice_shift)
+    assert np.abs(moved - sampled_reference[:, :16]).max() > 1e-2
 
 
 def pair_probabilities(model: DeepMedic, volume: np.ndarray, center) -> np.ndarray:

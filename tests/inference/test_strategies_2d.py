@@ -43,9 +43,9 @@ def randomised(model: nn.Module, seed: int = 0, gain: float = 1.0, bias: float =
     return model
 
 
-def pereira() -> PereiraCNN:
+def pereira(seed: int = 0) -> PereiraCNN:
     """Tiny Pereira; the LReLU halves the signal per layer, which the gain makes up for."""
-    return randomised(PereiraCNN(**TINY_PEREIRA), gain=1.4, bias=0.1)
+    return randomised(PereiraCNN(**TINY_PEREIRA), seed=seed, gain=1.4, bias=0.1)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -98,6 +98,74 @@ def test_pereira_dense_equals_patchwise(volume):
     reference = patchwise(model, volume, batch_size=64)
     assert_informative(reference)
     assert np.abs(dense(model, volume, batch_size=17) - reference).max() <= TOL
+
+
+WINDOW_MARGINS = {PereiraCNN: (16, 16), TwoPathCNN: (16, 16), InputCascadeCNN: (32, 32),
+                  LocalCascadeCNN: (28, 27), MFCascadeCNN: (26, 26)}
+"""Window pixels (before, after) the classified pixel per axis, as the papers and the model docstrings
+define the input: 33×33 (Pereira, TwoPathCNN), 65×65, 56×56 (pixel at index 28) and 53×53."""
+
+
+def naive_probabilities(model: nn.Module, image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Independent reference: one window per brain voxel, cut by hand, one forward pass each.
+
+    The axial slice is zero-padded with numpy, the window around (x, y) is sliced out of it and
+    the model classifies that single window; voxels outside ``brain`` are background.
+    """
+    before, after = WINDOW_MARGINS[type(model)]
+    padded = np.pad(image, ((0, 0), (before, after), (before, after), (0, 0)))
+    size = before + after + 1
+    probs = np.zeros((model.n_classes, *image.shape[1:]), np.float32)
+    probs[0] = 1
+    model.eval()
+    with torch.no_grad():
+        for x, y, z in np.argwhere(brain):
+            # padded[:, x + before, y + before] is image[:, x, y]: the window starts `before` earlier
+            window = np.ascontiguousarray(padded[:, x:x + size, y:y + size, z])
+            assert window.shape == (image.shape[0], size, size)
+            logits = model(torch.from_numpy(window)[None]).reshape(model.n_classes)
+            probs[:, x, y, z] = torch.softmax(logits, dim=0).numpy()
+    return probs
+
+
+@pytest.fixture(scope="module")
+def masked_volume() -> tuple[np.ndarray, np.ndarray]:
+    """(4, 12, 10, 3) with data everywhere and a brain mask touching the x = 0 and y = 9 borders.
+
+    Windows of brain voxels see real data outside the brain's bounding box (x >= 7, y < 4, z = 2:
+    the strategies must crop it from the volume) and zeros beyond the volume's border.
+    """
+    image = np.random.default_rng(4).normal(size=(4, 12, 10, 3)).astype(np.float32)
+    brain = np.zeros(image.shape[1:], bool)
+    brain[0:7, 4:10, 0:2] = True
+    brain[3, 6, 0] = brain[0, 9, 1] = False
+    return image, brain
+
+
+@pytest.mark.parametrize("cls", [PereiraCNN, TwoPathCNN, InputCascadeCNN, LocalCascadeCNN,
+                                 MFCascadeCNN])
+def test_strategies_equal_a_naive_per_voxel_evaluation(cls, masked_volume):
+    """dense and patchwise share ``_windows``/``_padded_slab``; this reference shares neither."""
+    image, brain = masked_volume
+    model = pereira(seed=3) if cls is PereiraCNN else randomised(cls(**TINY_HAVAEI), seed=3)
+    assert model.margin == WINDOW_MARGINS[cls]
+    reference = naive_probabilities(model, image, brain)
+    assert_informative(reference)
+    difference = {strategy.__name__: float(np.abs(strategy(model, image, brain, batch_size=batch)
+                                                  - reference).max())
+                  for strategy, batch in ((patchwise, 7), (dense, 2))}
+    assert max(difference.values()) <= TOL, difference
+
+
+def test_naive_reference_notices_a_one_pixel_shift(masked_volume):
+    """Guards the test above: windows one pixel off in x or y give other probabilities."""
+    image, brain = masked_volume
+    model = randomised(TwoPathCNN(**TINY_HAVAEI), seed=3)
+    reference = naive_probabilities(model, image, brain)
+    for axis in (1, 2):
+        for shift in (-1, 1):
+            moved = np.roll(image, shift, axis=axis)  # each brain voxel sees its neighbour's window
+            assert np.abs(naive_probabilities(model, moved, brain) - reference).max() > 1e-2
 
 
 @pytest.mark.parametrize("strategy", [patchwise, dense])

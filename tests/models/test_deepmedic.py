@@ -12,6 +12,7 @@ from torch import nn
 from brainbench.errors import BrainbenchConfigError
 from brainbench.models.deepmedic import (
     DeepMedic,
+    TwoPathwaySegments,
     extract_label_block,
     extract_training_pair,
     normal_window,
@@ -170,3 +171,25 @@ def test_label_block_is_centred_and_filled_with_ignore_index():
     assert edge.dtype == torch.int64 and edge.shape == (9, 9, 9)
     assert torch.all(edge[:4] == -100) and torch.all(edge[:, :, 5:] == -100)
     torch.testing.assert_close(edge[4:, :, :5], torch.from_numpy(label[:5, 1:10, 5:]).long())
+
+
+@pytest.mark.parametrize("centre", [(30, 31, 29), (2, 20, 20), (62, 5, 33)])
+def test_flipped_training_pair_is_the_pair_of_the_reflected_volume(centre):
+    volume = coordinate_volume((64, 64, 64))
+    label = np.random.default_rng(0).integers(0, 4, (64, 64, 64)).astype(np.int8)
+    (normal, subsampled), target = TwoPathwaySegments(flip_x_probability=1.0)(
+        volume, label, centre, np.random.default_rng(0))
+    mirrored = (63 - centre[0], centre[1], centre[2])
+    (normal_ref, subsampled_ref), target_ref = TwoPathwaySegments(flip_x_probability=0.0)(
+        np.flip(volume, axis=-3), np.flip(label, axis=0), mirrored, np.random.default_rng(0))
+    np.testing.assert_array_equal(normal, normal_ref)
+    np.testing.assert_array_equal(subsampled, subsampled_ref)
+    np.testing.assert_array_equal(target, target_ref)
+    # Worked by hand: along the reflected x axis the lattice is c' - 28 + 3k, i.e. original voxels
+    # c + 28 - 3k (k = 0..18); flipping the extracted pair instead gave c + 26 - 3k. The normal
+    # segment holds voxels c + 12 - j (j = 0..24). Coordinates are stored + 1, 0 outside the volume.
+    def stored(x):
+        return np.where((x >= 0) & (x < 64), x + 1, 0)
+
+    np.testing.assert_array_equal(subsampled[0, :, 9, 9], stored(centre[0] + 28 - 3 * np.arange(19)))
+    np.testing.assert_array_equal(normal[0, :, 12, 12], stored(centre[0] + 12 - np.arange(25)))

@@ -87,7 +87,8 @@ def test_initialisation_uniform_kernels_zero_biases_and_log_frequency_softmax_bi
 
 
 def test_dropout_rate_and_bad_settings():
-    assert TwoPathCNN(dropout=0.2).drop.p == 0.2
+    model = TwoPathCNN(dropout=0.2)
+    assert [layer.drop.p for layer in (model.local1, model.local2, model.global1)] == [0.2] * 3
     with pytest.raises(BrainbenchConfigError, match="maxout_pieces"):
         TwoPathCNN(maxout_pieces=0)
     with pytest.raises(BrainbenchConfigError, match="join"):

@@ -9,20 +9,23 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
 
 from brainbench.challenges import ChallengeAdapter
+from brainbench.config import compose
 from brainbench.data.cache import PreprocessedCache
 from brainbench.data.datamodule import BrainSegmentationDataModule
 from brainbench.data.preprocess import ZScoreInBrain
-from brainbench.data.sampling import ClassFrequencySampler, label_frequencies
-from brainbench.models.patches import AxialPatches
-from brainbench.errors import BrainbenchDataError
+from brainbench.data.sampling import BrainUniformSampler, ClassFrequencySampler, label_frequencies
+from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 from brainbench.inference.postprocess import remove_small_components
 from brainbench.models.havaei import InputCascadeCNN, TwoPathCNN
+from brainbench.models.patches import AxialPatches
 from brainbench.training.optim import linear_decay
 from brainbench.training.phases import EarlyStoppingRestoreBest, GradeSubset, MaxNorm, MomentumRamp, Phase
 from brainbench.training.task import SegmentationTask
-from tests.conftest import write_brats_case
+from tests.helpers import write_brats_case
 
 TINY = {"in_channels": 4, "n_classes": 4, "local_maps": (4, 4), "global_maps": 6}
 
@@ -78,6 +81,33 @@ def test_phase_two_retrains_only_the_output_layer(datamodule):
     assert datamodule.train_set.sampler.exponent == 1.0 and datamodule.val_set.sampler.exponent == 1.0
 
 
+class ForwardTwice(pl.Callback):
+    """At every training step, runs the net twice on the batch in the modes training left it in; calls
+    ``model.train()`` at each epoch start, as Lightning's loops have done (and may do again)."""
+
+    def __init__(self):
+        self.same, self.training = [], []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        pl_module.train()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        inputs, _ = batch
+        with torch.no_grad():
+            self.same.append(torch.equal(pl_module(*inputs), pl_module(*inputs)))
+        self.training.append(pl_module.training)
+
+
+def test_phase_two_frozen_layers_drop_nothing_while_the_output_layer_trains(datamodule):
+    net = TwoPathCNN(**TINY)
+    first, second = ForwardTwice(), ForwardTwice()
+    fit(Phase("equiprobable"), net, datamodule, callbacks=[first])
+    fit(Phase("output", trainable=["output_layer"]), net, datamodule, callbacks=[second])
+    assert all(first.training) and all(second.training) and len(second.same) == 6  # 2 epochs × 3 steps
+    assert not any(first.same)  # phase 1: dropout on every maxout layer's output
+    assert all(second.same)  # phase 2: the frozen layers run as at test time
+
+
 def test_output_bias_starts_at_log_label_frequencies(datamodule):
     net = TwoPathCNN(**TINY)
     Phase("equiprobable", init_output_bias=True).prepare(net, datamodule)
@@ -102,8 +132,22 @@ def test_cascade_trains_stage1_alone_then_stage2_with_stage1_frozen_in_eval_mode
 
 
 def test_phase_with_unknown_trainable_prefix_names_the_parameters(datamodule):
-    with pytest.raises(Exception, match="output_layr.*output_layer"):
+    with pytest.raises(BrainbenchConfigError,
+                       match=r"phase 'output': trainable \['output_layr'\] matches no parameter .*'output_layer'"):
         Phase("output", trainable=["output_layr"]).prepare(TwoPathCNN(**TINY), datamodule)
+
+
+def test_phase_keeps_a_configured_validation_sampler_and_its_augmentation(datamodule):
+    datamodule.val_sampler = BrainUniformSampler()
+    datamodule.val_augment = False
+    datamodule.split = None
+    datamodule.setup()
+    phase_sampler, phase_patches = ClassFrequencySampler(1.0), AxialPatches(margin=(16, 16), rotate_90=True)
+    Phase("output", trainable=["output_layer"], sampler=phase_sampler, segments=phase_patches).prepare(
+        TwoPathCNN(**TINY), datamodule)
+    assert datamodule.train_set.sampler is phase_sampler and datamodule.train_set.augment
+    assert datamodule.val_set.sampler is datamodule.val_sampler and not datamodule.val_set.augment
+    assert datamodule.train_set.extractor is phase_patches and datamodule.val_set.extractor is phase_patches
 
 
 def test_max_norm_bounds_every_trainable_kernel(datamodule):
@@ -173,3 +217,29 @@ def test_small_tumour_components_are_removed_by_volume():
     np.testing.assert_array_equal(kept[:15, :15, :15], classes[:15, :15, :15])
     assert not kept[15:].any()
     assert remove_small_components(classes, voxel_volume_mm3=8.0, min_volume_mm3=9000.0).sum() == 0
+
+
+def test_deepmedic_halves_the_learning_rate_after_the_reference_epochs():
+    """The reference lowers the LR at the end of (0-based) epochs 12, 16, 19, ... of its predefined
+    schedule (dm_theano_v0.6.1_depr routines/training.py: ``numberOfEpochsTrained in
+    predefinedSchedule`` before the count is increased), so 13 epochs run at 1e-3 and 35 epochs see 7
+    halvings. Learning rates per epoch, worked by hand."""
+    expected = ([1e-3] * 13 + [5e-4] * 4 + [2.5e-4] * 3 + [1.25e-4] * 3 + [6.25e-5] * 3 + [3.125e-5] * 3
+                + [1.5625e-5] * 3 + [7.8125e-6] * 3)
+    cfg = compose(["model=deepmedic"])
+
+    class Record(pl.Callback):
+        def __init__(self):
+            self.lrs = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    task = SegmentationTask(torch.nn.Conv3d(1, 2, 1), optimizer=instantiate(cfg.model.optimizer),
+                            scheduler=instantiate(cfg.model.scheduler))
+    batch = ((torch.ones(1, 1, 1, 1, 1),), torch.zeros(1, 1, 1, 1, dtype=torch.long))
+    trainer = pl.Trainer(max_epochs=35, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[record := Record()], accelerator="cpu",
+                         limit_val_batches=0)
+    trainer.fit(task, train_dataloaders=DataLoader([batch], batch_size=None))
+    assert len(expected) == 35 and record.lrs == pytest.approx(expected, rel=1e-9)

@@ -41,7 +41,6 @@ from brainbench.challenges.brats import EDITIONS, VSD_CHANNELS, CaseFolderLayout
 from brainbench.challenges.vsd import VsdLayout
 from brainbench.io import Grid, save_volume
 from brainbench.data.synth.anatomy import template_tissues
-from brainbench.data.synth.subject import METADATA_FILE  # noqa: F401 — re-exported for callers
 from brainbench.data.synth.subject import SynthConfig as SynthBratsConfig
 from brainbench.data.synth.subject import (
     ellipsoid_radius,
