@@ -85,12 +85,13 @@ def test_open_choices_and_grade_are_logged(workdir):
 
 
 def test_parameter_counts_are_logged_in_both_conventions(workdir):
-    """TwoPathCNN at local maps [4, 4], global maps 8, K = 2, by hand: weights per maxout map 4·4·7² = 784,
-    4·4·3² = 144, 8·4·13² = 5,408; output 5·(4 + 8)·21² = 26,460. The paper counts weights once per map
-    (K = 1): 32,796; PyTorch counts both pieces and every bias: 2·6,336 + 26,460 + 2·16 + 5 = 39,169."""
+    """TwoPathCNN at local maps [4, 4], global maps 8, K = 2, 4 BraTS 2020 classes, by hand: weights per
+    maxout map 4·4·7² = 784, 4·4·3² = 144, 8·4·13² = 5,408; output 4·(4 + 8)·21² = 21,168. The paper counts
+    weights once per map (K = 1): 27,504; PyTorch counts both pieces and every bias:
+    2·6,336 + 21,168 + 2·16 + 4 = 33,876."""
     params = _run(workdir, "havaei_twopath").data.params
-    assert params["model/parameters_paper_convention"] == "32796"
-    assert params["model/parameters_actual"] == "39169"
+    assert params["model/parameters_paper_convention"] == "27504"
+    assert params["model/parameters_actual"] == "33876"
 
 
 @pytest.mark.parametrize("model", list(MODELS))

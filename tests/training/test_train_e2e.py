@@ -44,11 +44,11 @@ def test_mlflow_store_holds_params_tags_metrics_artifacts(trained, workdir, tmp_
     assert params["model.net.feature_maps"] == "[4, 4, 4, 4, 4, 4, 6, 6]"
     assert params["model.optimizer.momentum"] == "0.6"
     assert params["inference/device_used"] == "cpu" and params["inference/precision_used"] == "32"
-    # DeepMedic at maps [4,4,4,4,4,4,6,6], FC [8,8], 4 channels, 5 classes, counted by hand as in spec §3.8:
-    # conv weights 2·27·(6·4·4 + 4·6 + 6·6) = 8,424 + FC 12·8 + 8·8 + 8·5 = 200; input biases 2·4 = 8;
-    # BN γ, β and PReLU α on layers 2–8 inputs 2·3·(6·4 + 6) = 180 and on the FC inputs 3·(12 + 8 + 8) = 84;
-    # class bias 5. The paper counts the same way.
-    assert params["model/parameters_actual"] == params["model/parameters_paper_convention"] == "8901"
+    # DeepMedic at maps [4,4,4,4,4,4,6,6], FC [8,8], 4 channels, 4 BraTS 2020 classes, counted by hand as in
+    # spec §3.8: conv weights 2·27·(6·4·4 + 4·6 + 6·6) = 8,424 + FC 12·8 + 8·8 + 8·4 = 192; input biases
+    # 2·4 = 8; BN γ, β and PReLU α on layers 2–8 inputs 2·3·(6·4 + 6) = 180 and on the FC inputs
+    # 3·(12 + 8 + 8) = 84; class bias 4. The paper counts the same way.
+    assert params["model/parameters_actual"] == params["model/parameters_paper_convention"] == "8892"
     metrics = run.data.metrics
     for region in ("WT", "TC", "ET"):
         for metric in ("dice", "hd95"):
