@@ -64,7 +64,8 @@ class RunParts:
 
 
 def check_data_config(data_cfg: DictConfig, edition: Edition) -> None:
-    """``data.root`` is given, and synthetic data is asked only of an edition with a look-alike."""
+    """``data.root`` is given (and exists for a release), and synthetic data is asked only of an edition with
+    a look-alike; the folder's recorded source is checked by :func:`prepare_data_root`, before any data work."""
     if data_cfg.get("root") in (None, ""):
         raise BrainbenchConfigError("data.root is required: data=real reads a challenge release from disk "
                                     "(add data.root=/path/to/the/release as unpacked)")
@@ -73,7 +74,7 @@ def check_data_config(data_cfg: DictConfig, edition: Edition) -> None:
             raise BrainbenchConfigError(f"challenge {edition.name} declares no synthetic look-alike; "
                                         "use data=real data.root=<your release>")
     else:
-        check_source(existing_dir(data_cfg.root), data_cfg.source)
+        existing_dir(data_cfg.root)
 
 
 def _build(cfg: DictConfig, key: str, *call_with, **kwargs):

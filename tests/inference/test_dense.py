@@ -16,15 +16,6 @@ from brainbench.models.deepmedic import DeepMedic, extract_training_pair
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: on the shared 2-core machine, thread hand-offs cost more than the convs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomised(model: DeepMedic, seed: int = 0) -> DeepMedic:
     """Random BN affine, PReLU slopes and biases, with BN running statistics measured in train mode.
 

@@ -48,15 +48,6 @@ def pereira(seed: int = 0) -> PereiraCNN:
     return randomised(PereiraCNN(**TINY_PEREIRA), seed=seed, gain=1.4, bias=0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: on the shared 2-core machine, thread hand-offs cost more than the convs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_informative(probs: np.ndarray) -> None:
     """Labels and probabilities vary over the brain: an equality test on them can fail."""
     brain = probs.max(axis=0) < 1
