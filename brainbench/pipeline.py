@@ -54,10 +54,12 @@ class RunParts:
     adapter: ChallengeAdapter
     preprocess: object
     net: nn.Module
+    loss: nn.Module
     sampler: object
     extractor: Callable
     phases: list[Phase]
     predict: Callable
+    refine: Callable | None
     postprocess: Callable | None
     inference: InferenceSettings
     loader: dict[str, int | bool]
@@ -75,6 +77,17 @@ def check_data_config(data_cfg: DictConfig, edition: Edition) -> None:
                                         "use data=real data.root=<your release>")
     else:
         existing_dir(data_cfg.root)
+
+
+def check_postprocess_config(cfg: DictConfig) -> None:
+    """``postprocess=crf`` has CRF parameters to use, and CRF parameters are not chosen for nothing."""
+    crf_chosen = bool(cfg.get("crf"))
+    if cfg.postprocess.get("name") == "crf" and not crf_chosen:
+        raise BrainbenchConfigError("postprocess=crf needs CRF parameters: add crf=brats or crf=isles "
+                                    "(or tune your own, see brainbench.inference.crf.grid_search)")
+    if crf_chosen and cfg.postprocess.get("name") != "crf":
+        raise BrainbenchConfigError(f"crf parameters are set but postprocess={cfg.postprocess.get('name')}: "
+                                    "add postprocess=crf to run the CRF, or drop the crf=... choice")
 
 
 def _build(cfg: DictConfig, key: str, *call_with, **kwargs):
@@ -99,6 +112,7 @@ def build_parts(cfg: DictConfig) -> RunParts:
     protocol_for(edition)
     check_data_config(cfg.data, edition)
     net = _build(cfg, "model.net", in_channels=len(edition.modalities), n_classes=edition.n_classes)
+    check_postprocess_config(cfg)
     optimizer = _build(cfg, "model.optimizer", net.parameters())  # bad optimiser/scheduler arguments fail here
     if cfg.model.get("scheduler"):
         _build(cfg, "model.scheduler", optimizer)
@@ -107,11 +121,16 @@ def build_parts(cfg: DictConfig) -> RunParts:
     phases = ([_build(cfg, f"model.phases.{name}", name=name) for name in cfg.model.phases]
               if cfg.model.get("phases") else [Phase()])
     accelerator = cfg.trainer.get("accelerator", "auto")
+    inference: InferenceSettings = _build(cfg, "inference", trainer_accelerator=accelerator)
     return RunParts(adapter=adapter, preprocess=_build(cfg, "preprocess"), net=net,
+                    loss=_build(cfg, "loss", n_classes=edition.n_classes),
                     sampler=_build(cfg, "sampler.centres"), extractor=_build(cfg, "model.segments"),
                     phases=phases, predict=_build(cfg, "model.inference"),
-                    postprocess=_build(cfg, "model.postprocess") if cfg.model.get("postprocess") else None,
-                    inference=_build(cfg, "inference", trainer_accelerator=accelerator),
+                    refine=(_build(cfg, "postprocess.probabilities", n_channels=len(edition.modalities),
+                                   device=str(inference.device))  # the CRF runs where the model ran
+                            if cfg.postprocess.get("probabilities") else None),
+                    postprocess=_build(cfg, "postprocess.labels") if cfg.postprocess.get("labels") else None,
+                    inference=inference,
                     loader=loader_settings(cfg.data.datamodule.num_workers, resolve_device("auto", accelerator)))
 
 
@@ -182,10 +201,10 @@ def train(cfg: DictConfig) -> float:
     client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
     try:
         for phase in parts.phases:
-            fit_phase(cfg, phase, parts.net, datamodule, logger, output_dir, edition.n_classes)
+            fit_phase(cfg, phase, parts.net, parts.loss, datamodule, logger, output_dir, edition.n_classes)
         test_cases = datamodule.test_cases()
         predictions = predict_cases(parts.net, test_cases, edition, parts.predict, output_dir / "predictions",
-                                    postprocess=parts.postprocess, settings=parts.inference)
+                                    refine=parts.refine, postprocess=parts.postprocess, settings=parts.inference)
         summary = _evaluate_and_log(cfg, edition, test_cases, predictions, output_dir, client, logger.run_id,
                                     data_source)
     except BaseException:

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny BraTS-layout trees written as real NIfTI files, a nibabel.load counter."""
+"""Shared fixtures: tiny BraTS-layout trees written as real NIfTI files, a nibabel.load counter, one torch
+thread for the tiny-model tests."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
+import torch
 
 from tests.helpers import write_brats_case
 
@@ -30,3 +32,16 @@ def nifti_loads(monkeypatch):
 
     monkeypatch.setattr(nib, "load", counting_load)
     return calls
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread(request):
+    """Tiny models in tests/models and tests/inference: on the shared 2-core machine, thread hand-offs cost
+    more than the convs (one thread halves those modules' time)."""
+    if request.path.parent.name not in ("models", "inference"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

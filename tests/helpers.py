@@ -9,6 +9,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from brainbench.challenges import ChallengeAdapter
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
@@ -59,3 +65,59 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, env: dict[str, str] | Non
     environment = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run([sys.executable, "-m", "brainbench.cli", *args], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks, by hand."""
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def best_constant_labelling(edition: str, root: Path, case_id: str) -> tuple[float, int, list[str]]:
+    """Mean Dice over the regions labelled in the case when every non-zero voxel of the first channel gets
+    one label value, for the best such value; that value; those regions."""
+    adapter = ChallengeAdapter(edition)
+    (case,) = [c for c in adapter.discover(root) if c.case_id == case_id]
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))  # NIfTI or MetaImage (BRATS 2013)
+    brain = sitk.GetArrayFromImage(sitk.ReadImage(str(next(iter(case.images.values()))))) != 0
+    regions = {region: np.isin(reference, labels) for region, labels in adapter.edition.regions.items()}
+    regions = {region: mask for region, mask in regions.items() if mask.any()}
+    assert regions, "the held-out case has no labelled region"
+    scores = {value: np.mean([dice(brain, mask) if value in adapter.edition.regions[region] else 0.0
+                              for region, mask in regions.items()])
+              for value in adapter.edition.label_values if value != 0}
+    value = max(scores, key=scores.get)
+    return scores[value], value, list(regions)
+
+
+def held_out_dice_and_baseline(workdir: Path, edition: str) -> tuple[float, float, int]:
+    """For the one run under ``workdir`` on one held-out synthetic case: its mean Dice over the case's
+    labelled regions (from metrics.csv), the best constant labelling's, and that label value."""
+    (metrics_csv,) = list((workdir / "runs").rglob("metrics.csv"))
+    frame = pd.read_csv(metrics_csv).query("metric == 'dice'")
+    (case_id,) = frame["case"].unique()
+    (root,) = [p.parent for p in (workdir / "datasets").rglob("brainbench_synthetic.json")]
+    baseline, value, regions = best_constant_labelling(edition, root, str(case_id))
+    return float(frame.set_index("region").loc[regions, "value"].mean()), baseline, value
+
+
+def calibrated_deepmedic(model, seed: int = 0):
+    """Random BN affine, PReLU slopes and biases, with BN running statistics measured in train mode.
+
+    Measured statistics keep activations at the scale of a trained network (logits of a few units);
+    arbitrary ones let them grow layer by layer until float32 round-off alone exceeds the tolerance.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm3d):
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=gen))
+                m.momentum = None  # running statistics = mean over the calibration batches
+            elif isinstance(m, nn.PReLU):
+                m.weight.copy_(0.25 * torch.rand(m.num_parameters, generator=gen))
+        for block in (model.normal_pathway[0], model.subsampled_pathway[0]):
+            block.norm.bias.copy_(0.2 * torch.randn(model.in_channels, generator=gen))
+        model.class_bias.copy_(torch.randn(model.n_classes, generator=gen))
+        model.train()(torch.randn(4, model.in_channels, 25, 25, 25, generator=gen),
+                      torch.randn(4, model.in_channels, 19, 19, 19, generator=gen))
+    return model.eval()

@@ -62,7 +62,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """The resolved device and precision (``32``, ``bf16``, ``16``) of test-time inference.
+    """The resolved device and precision (``32``, ``bf16``, ``16``) of test-time inference, and whether
+    the model runs over the brain's bounding box only (background outside, as the metrics assume).
 
     Built from ``conf/inference/default.yaml`` with :meth:`from_config`; the values actually used are
     logged to MLflow (``inference/device_used``, ``inference/precision_used``).
@@ -70,12 +71,15 @@ class InferenceSettings:
 
     device: torch.device
     precision: str = "32"
+    brain_box: bool = False
 
     @classmethod
-    def from_config(cls, device: str = "auto", precision: str = "auto",
+    def from_config(cls, device: str = "auto", precision: str = "auto", brain_box: bool = True,
                     trainer_accelerator: str = "auto") -> InferenceSettings:
+        if not isinstance(brain_box, bool):
+            raise BrainbenchConfigError(f"inference.brain_box: expected true or false, got {brain_box!r}")
         resolved = resolve_device(device, trainer_accelerator)
-        return cls(resolved, resolve_precision(precision, resolved))
+        return cls(resolved, resolve_precision(precision, resolved), brain_box)
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:

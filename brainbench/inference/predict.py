@@ -14,6 +14,7 @@ from torch import nn
 from brainbench.challenges.base import Case, Edition
 from brainbench.data.cache import PreprocessedCase
 from brainbench.inference.device import InferenceSettings
+from brainbench.inference.region import predict_in_brain_box
 from brainbench.io import save_volume
 
 
@@ -27,14 +28,15 @@ class Predictions:
 
 
 def predict_cases(net: nn.Module, cases: Sequence[tuple[Case, PreprocessedCase]], edition: Edition,
-                  predict: Callable, out_dir: Path, postprocess: Callable | None = None,
-                  settings: InferenceSettings | None = None) -> Predictions:
+                  predict: Callable, out_dir: Path, refine: Callable | None = None,
+                  postprocess: Callable | None = None, settings: InferenceSettings | None = None) -> Predictions:
     """``<out_dir>/<case_id>.nii.gz`` (uint8, the edition's label values) for every case, in order.
 
-    ``predict(net, image)`` returns class probabilities (K, X, Y, Z) on the preprocessed grid; the argmax
-    is mapped back to the case's grid, then ``postprocess(labels, voxel_volume_mm3=...)`` if given.
-    ``settings``: the device the net is moved to and the autocast precision (default: where the net
-    is, full precision).
+    ``predict(net, image)`` returns class probabilities (K, X, Y, Z) on the preprocessed grid (over the
+    brain's bounding box only when ``settings.brain_box``), ``refine(probabilities, image)`` may revise
+    them there (the CRF), the argmax is mapped back to the case's grid, then ``postprocess(labels,
+    voxel_volume_mm3=...)`` if given. ``settings``: the device the net is moved to, the autocast
+    precision and the brain box (default: where the net is, full precision, the whole volume).
     """
     if settings is not None:
         net.to(settings.device)
@@ -44,7 +46,13 @@ def predict_cases(net: nn.Module, cases: Sequence[tuple[Case, PreprocessedCase]]
     array_grid = []
     for case, pre in cases:
         with autocast():
-            probabilities = predict(net, pre.image)
+            if settings is not None and settings.brain_box:
+                probabilities = predict_in_brain_box(predict, net, pre.image, edition.n_classes,
+                                                     align=getattr(net, "subsample_factor", 1))
+            else:
+                probabilities = predict(net, pre.image)
+        if refine is not None:
+            probabilities = refine(probabilities, pre.image)
         array_grid.append(edition.decode_labels(probabilities.argmax(0)))
         labels = pre.to_case_grid(array_grid[-1])
         if postprocess is not None:

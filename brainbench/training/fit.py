@@ -15,10 +15,11 @@ from brainbench.training.phases import Phase
 from brainbench.training.task import SegmentationTask
 
 
-def fit_phase(cfg: DictConfig, phase: Phase, net: nn.Module, datamodule: pl.LightningDataModule, logger: MLFlowLogger,
-              output_dir: Path, n_classes: int) -> None:
+def fit_phase(cfg: DictConfig, phase: Phase, net: nn.Module, loss: nn.Module, datamodule: pl.LightningDataModule,
+              logger: MLFlowLogger, output_dir: Path, n_classes: int) -> None:
     """Fit ``net`` for one phase; a named phase logs its metrics under its name as prefix (same MLflow run)."""
-    task = SegmentationTask(phase.prepare(net, datamodule), optimizer=instantiate(cfg.model.optimizer),
+    task = SegmentationTask(phase.prepare(net, datamodule), loss=loss,
+                            optimizer=instantiate(cfg.model.optimizer),
                             scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
                             l1=cfg.model.l1, l2=cfg.model.l2, foreground_classes=range(1, n_classes))
     if phase.name:

@@ -1,7 +1,10 @@
 """LightningModule for patch/segment-trained segmentation networks (DeepMedic, 2D patch CNNs).
 
-Loss: voxel-wise cross-entropy over every predicted voxel of a segment plus explicit L1/L2
-penalties on the trainable conv/FC weights (spec §3.5, §1.7). Frozen parameters (a phase of
+Loss: the configured segmentation loss (``loss=...``, :mod:`brainbench.training.losses`; the papers'
+default is voxel-wise cross-entropy over every predicted voxel of a segment) plus explicit L1/L2
+penalties on the trainable conv/FC weights (spec §3.5, §1.7). Validation always logs the
+cross-entropy too, so that runs with different losses stay comparable and early stopping has one
+monitor. Frozen parameters (a phase of
 :mod:`brainbench.training.phases`) are left out of the optimiser, and modules whose parameters are
 all frozen stay in eval mode. Metrics are logged once per epoch only: each MLflow write on SQLite
 costs milliseconds.
@@ -37,16 +40,19 @@ class SegmentationTask(pl.LightningModule):
 
     Args:
         net: module mapping ``*inputs`` to logits ``(N, K, ...)`` matching ``target`` ``(N, ...)``.
+        loss: ``(logits, target) → scalar`` with a ``name`` (logged as ``train/<name>``), see
+            :mod:`brainbench.training.losses`.
         optimizer: partial ``params → Optimizer`` (Hydra ``_partial_: true``).
         scheduler: optional partial ``optimizer → LR scheduler`` stepped once per epoch.
         l1 / l2: penalties on trainable conv/FC weights (DeepMedic spec: 1e-6 / 1e-4).
         foreground_classes: class indices counted as "whole tumour" for the per-epoch Dice.
     """
 
-    def __init__(self, net: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
+    def __init__(self, net: nn.Module, loss: nn.Module, optimizer: Callable, scheduler: Callable | None = None,
                  l1: float = 1e-6, l2: float = 1e-4, foreground_classes: Sequence[int] = (1, 2, 3)):
         super().__init__()
         self.net = net
+        self.loss = loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.l1, self.l2 = l1, l2
         self.foreground_classes = tuple(foreground_classes)
@@ -75,10 +81,10 @@ class SegmentationTask(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         logits, target = self._logits_and_target(batch)
-        cross_entropy = F.cross_entropy(logits, target)
-        loss = cross_entropy + self._penalty()
+        segmentation_loss = self.loss(logits, target)
+        loss = segmentation_loss + self._penalty()
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(target))
-        self.log("train/cross_entropy", cross_entropy, on_step=False, on_epoch=True, batch_size=len(target))
+        self.log(f"train/{self.loss.name}", segmentation_loss, on_step=False, on_epoch=True, batch_size=len(target))
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -88,6 +94,9 @@ class SegmentationTask(pl.LightningModule):
         logits, target = self._logits_and_target(batch)
         self.log("val/cross_entropy", F.cross_entropy(logits, target), on_step=False, on_epoch=True,
                  batch_size=len(target))
+        if self.loss.name != "cross_entropy":
+            self.log(f"val/{self.loss.name}", self.loss(logits, target), on_step=False, on_epoch=True,
+                     batch_size=len(target))
         classes = torch.tensor(self.foreground_classes, device=target.device)
         pred = torch.isin(logits.argmax(1), classes)
         ref = torch.isin(target, classes)

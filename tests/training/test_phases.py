@@ -22,6 +22,7 @@ from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 from brainbench.inference.postprocess import remove_small_components
 from brainbench.models.havaei import InputCascadeCNN, TwoPathCNN
 from brainbench.models.patches import AxialPatches
+from brainbench.training.losses import CrossEntropy
 from brainbench.training.optim import linear_decay
 from brainbench.training.phases import EarlyStoppingRestoreBest, GradeSubset, MaxNorm, MomentumRamp, Phase
 from brainbench.training.task import SegmentationTask
@@ -43,7 +44,8 @@ def datamodule(brats_tree, tmp_path):
 def fit(phase: Phase, net, datamodule, callbacks=(), max_epochs: int = 2, lr: float = 0.005) -> pl.Trainer:
     """The same steps as ``brainbench.training.run`` for one phase, without MLflow."""
     torch.manual_seed(0)
-    task = SegmentationTask(phase.prepare(net, datamodule), optimizer=partial(torch.optim.SGD, lr=lr, momentum=0.5),
+    task = SegmentationTask(phase.prepare(net, datamodule), loss=CrossEntropy(4),
+                            optimizer=partial(torch.optim.SGD, lr=lr, momentum=0.5),
                             l1=1e-6, l2=1e-4, foreground_classes=range(1, 4))
     trainer = pl.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, callbacks=list(callbacks),
@@ -235,7 +237,7 @@ def test_deepmedic_halves_the_learning_rate_after_the_reference_epochs():
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    task = SegmentationTask(torch.nn.Conv3d(1, 2, 1), optimizer=instantiate(cfg.model.optimizer),
+    task = SegmentationTask(torch.nn.Conv3d(1, 2, 1), loss=CrossEntropy(2), optimizer=instantiate(cfg.model.optimizer),
                             scheduler=instantiate(cfg.model.scheduler))
     batch = ((torch.ones(1, 1, 1, 1, 1),), torch.zeros(1, 1, 1, 1, dtype=torch.long))
     trainer = pl.Trainer(max_epochs=35, logger=False, enable_checkpointing=False, enable_progress_bar=False,

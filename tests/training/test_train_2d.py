@@ -80,7 +80,8 @@ def test_open_choices_and_grade_are_logged(workdir):
     assert params["model.callbacks.momentum.end"] == "0.9"
     assert params["model.phases.stage2_output.sampler.exponent"] == "1.0"
     pereira = _run(workdir, "pereira_lgg")
-    assert pereira.data.params["model.postprocess.min_volume_mm3"] == "3000"
+    assert pereira.data.params["postprocess.labels.min_volume_mm3"] == "3000"
+    assert pereira.data.params["postprocess.name"] == "components"
     assert pereira.data.tags["grade"] == "all (release has no grades)"  # synthetic cases carry no grade
 
 

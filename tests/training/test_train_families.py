@@ -7,14 +7,9 @@ over the edition's regions. Computed here from the reference and image files wit
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
 import pytest
-import SimpleITK as sitk
 
-from brainbench.challenges import ChallengeAdapter
+from tests.helpers import held_out_dice_and_baseline
 from tests.helpers import run_cli as brainbench
 
 SMALL = ["data.synth.n_cases=4", "model.net.feature_maps=[8,8,8,8,8,8,12,12]", "model.net.fc_feature_maps=[16,16]",
@@ -30,37 +25,11 @@ FAMILIES = {
 }
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
-
-
-def best_constant_labelling(edition: str, root: Path, case_id: str) -> tuple[float, int, list[str]]:
-    """Mean Dice over the regions labelled in the case when every non-zero voxel of the first channel gets
-    one label value, for the best such value; that value; those regions."""
-    adapter = ChallengeAdapter(edition)
-    (case,) = [c for c in adapter.discover(root) if c.case_id == case_id]
-    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))  # NIfTI or MetaImage (BRATS 2013)
-    brain = sitk.GetArrayFromImage(sitk.ReadImage(str(next(iter(case.images.values()))))) != 0
-    regions = {region: np.isin(reference, labels) for region, labels in adapter.edition.regions.items()}
-    regions = {region: mask for region, mask in regions.items() if mask.any()}
-    assert regions, "the held-out case has no labelled region"
-    scores = {value: np.mean([dice(brain, mask) if value in adapter.edition.regions[region] else 0.0
-                              for region, mask in regions.items()])
-              for value in adapter.edition.label_values if value != 0}
-    value = max(scores, key=scores.get)
-    return scores[value], value, list(regions)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("edition", sorted(FAMILIES))
 def test_train_on_synthetic_look_alike_beats_trivial_baselines(tmp_path, edition):
     result = brainbench("train", f"challenge={edition}", *SMALL, *FAMILIES[edition], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"Leaderboard — experiment {edition}" in result.stdout
-    (metrics_csv,) = list((tmp_path / "runs").rglob("metrics.csv"))
-    frame = pd.read_csv(metrics_csv).query("metric == 'dice'")
-    (case_id,) = frame["case"].unique()
-    (root,) = [p.parent for p in (tmp_path / "datasets").rglob("brainbench_synthetic.json")]
-    baseline, value, regions = best_constant_labelling(edition, root, str(case_id))
-    achieved = frame.set_index("region").loc[regions, "value"].mean()
+    achieved, baseline, value = held_out_dice_and_baseline(tmp_path, edition)
     assert achieved > baseline, f"{edition}: mean Dice {achieved:.3f} ≤ {baseline:.3f} of the brain labelled {value}"
