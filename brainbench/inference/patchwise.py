@@ -22,8 +22,7 @@ see zeros, the value patch extraction at training time uses.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brainbench.errors import BrainbenchConfigError
+from brainbench.inference.device import inference_state
 from brainbench.models.pereira import PereiraCNN
 
 __all__ = ["brain_region", "dense", "fcn_approximate", "measure_disagreement", "patchwise"]
@@ -73,18 +73,6 @@ def _padded_slab(volume: Tensor, box: tuple[slice, slice, slice], margin: tuple[
     return F.pad(crop.permute(3, 0, 1, 2), pad).contiguous()
 
 
-@contextmanager
-def _inference_state(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and inference mode, then the caller's training flag again."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def _setup(model: nn.Module, image, brain_mask, device):
     volume = torch.as_tensor(image, dtype=torch.float32, device="cpu")
     if volume.ndim != 4 or volume.shape[0] != model.in_channels:
@@ -125,7 +113,7 @@ def patchwise(model: nn.Module, image: np.ndarray | Tensor, brain_mask: np.ndarr
     if box is not None:
         shape = [s.stop - s.start for s in box]
         voxels = np.stack(np.unravel_index(np.arange(np.prod(shape)), shape), axis=1)
-        with _inference_state(model):
+        with inference_state(model):
             _windows(model, volume, box, probs, voxels, batch_size or PATCH_BATCH, device)
         _background_outside(probs, brain)
     return probs.numpy()
@@ -157,7 +145,7 @@ def dense(model: nn.Module, image: np.ndarray | Tensor, brain_mask: np.ndarray |
     volume, brain, box, probs, device = _setup(model, image, brain_mask, device)
     if box is None:
         return probs.numpy()
-    with _inference_state(model):
+    with inference_state(model):
         if isinstance(model, PereiraCNN):
             inside = brain[box]
             _windows(model, volume, box, probs, np.argwhere(inside),
@@ -213,7 +201,7 @@ def fcn_approximate(model: PereiraCNN, image: np.ndarray | Tensor,
     if box is None:
         return probs.numpy()
     shape = (box[0].stop - box[0].start, box[1].stop - box[1].start)
-    with _inference_state(model):
+    with inference_state(model):
         _slices(model, volume, box, probs, batch_size or SLICE_BATCH, device,
                 lambda x: _dilated_fcn(model, x)[:, :, :shape[0], :shape[1]])
     _background_outside(probs, brain)
