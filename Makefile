@@ -25,7 +25,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=25
 
 clean-runs:
 	rm -rf runs mlflow.db datasets/synthetic datasets/.cache

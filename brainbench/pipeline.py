@@ -143,6 +143,20 @@ def prepare_data_root(data_cfg: DictConfig) -> tuple[Path, str]:
     return root, check_source(root, data_cfg.source)
 
 
+def prepare_datamodule(cfg: DictConfig, parts: RunParts) -> tuple[BrainSegmentationDataModule, Path, str]:
+    """The run's data module, set up (every case validated and cached, the split drawn), its data folder
+    and the folder's recorded source; synthesises the data first when the config asks for it."""
+    root, data_source = prepare_data_root(cfg.data)
+    cache = PreprocessedCache(cfg.data.cache_dir, parts.preprocess)
+    # objects are passed to the partial, not to instantiate: Hydra would turn dataclasses into configs
+    datamodule: BrainSegmentationDataModule = instantiate(cfg.data.datamodule, _partial_=True)(
+        adapter=parts.adapter, cache=cache, root=root, sampler=parts.sampler, extractor=parts.extractor,
+        seed=cfg.seed, **parts.loader,
+    )
+    datamodule.setup()
+    return datamodule, root, data_source
+
+
 def grade_tag(requested: str, cases: Iterable[Case]) -> str:
     """The grade a model actually trained on: ungraded cases are kept for every grade (GradeSubset)."""
     cases = list(cases)
@@ -178,15 +192,7 @@ def train(cfg: DictConfig) -> float:
     edition = parts.adapter.edition
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    root, data_source = prepare_data_root(cfg.data)
-
-    cache = PreprocessedCache(cfg.data.cache_dir, parts.preprocess)
-    # objects are passed to the partial, not to instantiate: Hydra would turn dataclasses into configs
-    datamodule: BrainSegmentationDataModule = instantiate(cfg.data.datamodule, _partial_=True)(
-        adapter=parts.adapter, cache=cache, root=root, sampler=parts.sampler, extractor=parts.extractor,
-        seed=cfg.seed, **parts.loader,
-    )
-    datamodule.setup()  # validate and cache every case before a run is opened in MLflow
+    datamodule, root, data_source = prepare_datamodule(cfg, parts)
 
     tags = {"challenge": edition.challenge, "edition": edition.name, "model": cfg.model.name,
             "seed": str(cfg.seed), "data_source": data_source, "git_commit": git_commit(),

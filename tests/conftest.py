@@ -1,8 +1,9 @@
 """Shared fixtures: tiny BraTS-layout trees written as real NIfTI files, a nibabel.load counter, one torch
-thread for the tiny-model tests."""
+thread for the tiny-model tests, a temporary folder for the files brainbench derives from a release."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -10,6 +11,19 @@ import pytest
 import torch
 
 from tests.helpers import write_brats_case
+
+
+@pytest.fixture(autouse=True, scope="session")
+def derived_files_in_a_temporary_cache(tmp_path_factory):
+    """Labels brainbench derives from a release (Dou's masks grown from centroids) go to a temporary
+    cache, for the tests and the CLI processes they start, never to the user's ~/.cache."""
+    previous = os.environ.get("BRAINBENCH_CACHE_DIR")
+    os.environ["BRAINBENCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("brainbench_cache"))
+    yield
+    if previous is None:
+        del os.environ["BRAINBENCH_CACHE_DIR"]
+    else:
+        os.environ["BRAINBENCH_CACHE_DIR"] = previous
 
 
 @pytest.fixture

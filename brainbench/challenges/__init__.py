@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from brainbench.challenges import brats, isles, mrbrains, msseg, neobrains
+from brainbench.challenges import microbleeds
 from brainbench.challenges.base import Case, ChallengeAdapter, Edition, Layout, Synthetic, Unranked
 from brainbench.errors import BrainbenchConfigError
 
@@ -28,7 +29,7 @@ def _registry(families: Iterable[Mapping[str, Edition]]) -> dict[str, Edition]:
     return dict(sorted(registry.items()))
 
 
-EDITIONS: dict[str, Edition] = _registry(family.EDITIONS for family in (brats, isles, msseg, mrbrains, neobrains))
+EDITIONS: dict[str, Edition] = _registry(family.EDITIONS for family in (brats, isles, msseg, mrbrains, neobrains, microbleeds))
 """Every registered edition by name."""
 
 

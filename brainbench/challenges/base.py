@@ -51,6 +51,11 @@ class Layout:
     channels: tuple[str, ...] = ()
     expected: str = ""
 
+    def derived_labels(self) -> Path | None:
+        """The folder of label maps brainbench derives from the release outside it (Dou et al.'s masks
+        grown from centroids), which ``find_references`` accepts; None: every label is in the release."""
+        return None
+
     def scan(self, root: Path, edition: Edition,
              require_labels: bool) -> tuple[list[Case], list[BrainbenchDataError]]:
         """The cases of ``edition.modalities`` under the existing folder ``root`` and one error per case
@@ -99,6 +104,8 @@ class Edition:
             different grids (ISLES 2022 FLAIR, MRBrainS ``T1_1mm``); the pipeline resamples the
             others onto it. ``None``: every channel and the label share one grid.
         spacing_mm: nominal voxel spacing of the release, for documentation and synthetic data.
+        empty_labels: a training case may have an all-background label map (a subject without any
+            microbleed); otherwise ``brainbench data check`` reports one as a problem.
     """
 
     name: str
@@ -113,6 +120,7 @@ class Edition:
     synthetic: Synthetic | None = None
     reference_grid: str | None = None
     spacing_mm: tuple[float, float, float] | None = None
+    empty_labels: bool = False
 
     @property
     def n_classes(self) -> int:
@@ -170,8 +178,10 @@ class Edition:
             raise BrainbenchDataError(
                 root, f"no {self.name} reference label maps found (expected the release layout, "
                       f"{self.layout.expected}, or a flat folder of <case_id>.nii.gz){detail}")
+        derived = self.layout.derived_labels()
+        allowed = [root, *([derived.resolve()] if derived is not None else [])]
         for case_id, path in found.items():
-            if not Path(path).resolve().is_relative_to(root):
+            if not any(Path(path).resolve().is_relative_to(folder) for folder in allowed):
                 raise BrainbenchDataError(path, f"reference of case {case_id} links outside {root}")
         return dict(sorted(found.items()))
 
@@ -313,7 +323,7 @@ class ChallengeAdapter:
                 if unexpected:
                     problems.append(f"{path}: label values {unexpected} are not allowed "
                                     f"(expected a subset of {list(self.edition.label_values)})")
-                if label_values == (0,) and self.require_labels:
+                if label_values == (0,) and self.require_labels and not self.edition.empty_labels:
                     problems.append(f"{path}: label map is empty (only background); a training case needs labels")
         reference_name = self.edition.reference_grid or next(iter(case.images))
         reference = case.images.get(reference_name)

@@ -162,6 +162,24 @@ class BrainUniformSampler(PerCaseSampler):
         return _unravel(pool[rng.integers(pool.size)], case)
 
 
+@dataclass
+class WholeCaseSampler(PerCaseSampler):
+    """One item per case drawn uniformly, centred on the middle of its brain's bounding box: for
+    models trained on whole (cropped) volumes rather than patches (Brosch et al. 2016, spec §4.1),
+    whose extractor cuts the brain box or a fixed crop around that centre."""
+
+    _centres: dict[str, Centre] = field(default_factory=dict, repr=False)
+
+    def centre(self, case: PreprocessedCase, rng: np.random.Generator) -> Centre:
+        """The voxel index ``(x, y, z)`` in the middle of ``case``'s brain bounding box."""
+        if case.case_id not in self._centres:
+            nonzero = np.nonzero(np.asarray(case.brain))
+            if nonzero[0].size == 0:
+                raise ValueError(f"case {case.case_id} has an empty brain mask: no volume to crop")
+            self._centres[case.case_id] = tuple(int((a.min() + a.max()) // 2) for a in nonzero)
+        return self._centres[case.case_id]
+
+
 def brain_voxel_classes(case: PreprocessedCase) -> tuple[np.ndarray, np.ndarray]:
     """Flat indices of the brain (mask ∪ labelled voxels) and their class, both int64 (V,)."""
     if case.label is None:

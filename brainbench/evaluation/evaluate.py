@@ -35,10 +35,11 @@ from nibabel.arrayproxy import ArrayProxy
 from brainbench.io import NIFTI_SUFFIXES, Grid, existing_dir, load_label, read_grid, strip_nifti_suffix, write_atomic
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 from brainbench.evaluation import surface
-from brainbench.evaluation.lesions import anima_detection, brats2023_lesionwise, isles22_lesions
+from brainbench.evaluation.lesions import anima_detection, brats2023_lesionwise, isles22_lesions, microbleed_detection
 from brainbench.evaluation.overlap import (
     Confusion,
     absolute_volume_difference_ml,
+    absolute_volume_difference_mm3,
     absolute_volume_difference_percent,
     dice,
     precision,
@@ -535,6 +536,8 @@ def _metric(
             return volume_difference_ratio(counts, if_ref_empty=protocol.volume_ref_empty)
         case "volume_difference_ml":
             return absolute_volume_difference_ml(counts, voxel_volume_mm3=float(np.prod(spacing)))
+        case "volume_difference_mm3":
+            return absolute_volume_difference_mm3(counts, voxel_volume_mm3=float(np.prod(spacing)))
         case "volumetric_similarity":
             return volumetric_similarity(counts, if_both_empty=protocol.vs_both_empty)
         case "hd95" | "hd" | "assd":
@@ -558,6 +561,9 @@ def _lesion_metrics(
             return isles22_lesions(pred, ref, if_both_empty=protocol.lesion_both_empty)
         case "brats2023":
             return brats2023_lesionwise(pred, ref, spacing, protocol.brats_lesions)
+        case "centre-hit":
+            return microbleed_detection(pred, ref, spacing, protocol.centre_hit,
+                                        if_both_empty=protocol.lesion_both_empty)
     raise ValueError(f"no implementation for lesion rule {protocol.lesion_rule!r}")
 
 

@@ -100,7 +100,7 @@ def leaderboard_table(runs: pd.DataFrame, regions: Sequence[str], metrics: Seque
 
 
 def _cell(stats: Mapping[str, float], metric: str) -> str:
-    """``mean±std (median; q25–q75)``: 3 decimals for fractions, 1 for mm."""
+    """``mean±std (median; q25–q75)``: 3 decimals for fractions, 1 for mm, mm³, ml and counts."""
     digits = 3 if METRIC_UNITS.get(metric, "1") == "1" else 1
     return (f"{stats['mean']:.{digits}f}±{stats['std']:.{digits}f} "
             f"({stats['median']:.{digits}f}; {stats['q25']:.{digits}f}–{stats['q75']:.{digits}f})")
@@ -283,4 +283,4 @@ def print_leaderboard(table: pd.DataFrame, title: str, legend: str) -> None:
     for _, row in table.iterrows():
         rich_table.add_row(*(str(row[c]) for c in table.columns))
     console.print(rich_table)
-    console.print(legend)
+    console.print(legend, markup=False)  # "[mm]", "[lesions]" are units, not rich style tags

@@ -79,9 +79,14 @@ def precision(counts: Confusion, *, if_both_empty: float, if_pred_empty: float) 
 # -- volume metrics: volumes are voxel counts times the voxel volume (mm³) -----------------------------
 
 
+def absolute_volume_difference_mm3(counts: Confusion, voxel_volume_mm3: float) -> float:
+    """|V_pred − V_ref| in mm³ (microbleeds: a few mm³ each); defined for empty masks too."""
+    return abs((counts.tp + counts.fp) - (counts.tp + counts.fn)) * voxel_volume_mm3
+
+
 def absolute_volume_difference_ml(counts: Confusion, voxel_volume_mm3: float) -> float:
     """|V_pred − V_ref| in ml (ISLES 2022 "Volume_difference"); defined for empty masks too."""
-    return abs((counts.tp + counts.fp) - (counts.tp + counts.fn)) * voxel_volume_mm3 / 1000.0
+    return absolute_volume_difference_mm3(counts, voxel_volume_mm3) / 1000.0
 
 
 def absolute_volume_difference_percent(counts: Confusion, *, if_ref_empty: float) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 
 from brainbench.challenges.base import Edition
 from brainbench.errors import BrainbenchConfigError
-from brainbench.evaluation.lesions import BRATS2023_LESION_RULES, AnimaRule, BratsLesionRule
+from brainbench.evaluation.lesions import BRATS2023_LESION_RULES, AnimaRule, BratsLesionRule, CentreHitRule
 
 METRIC_UNITS = {
     "dice": "1",
@@ -29,6 +29,7 @@ METRIC_UNITS = {
     "avd": "%",
     "vdr": "1",
     "volume_difference_ml": "ml",
+    "volume_difference_mm3": "mm3",
     "volumetric_similarity": "1",
     "lesion_tpr": "1",
     "lesion_ppv": "1",
@@ -36,9 +37,11 @@ METRIC_UNITS = {
     "lesion_count_difference": "lesions",
     "lesion_dice": "1",
     "lesion_hd95": "mm",
+    "lesion_false_positives": "lesions",
 }
 """Unit of every metric: ``"1"`` = unitless fraction (Dice in [0, 1], VDR signed), ``"mm"``, ``"%"``,
-``"ml"``, ``"lesions"`` (a count)."""
+``"ml"``, ``"lesions"`` (a count; ``lesion_false_positives`` averaged over cases is false positives per
+subject)."""
 
 SURFACE_VARIANTS = {
     "medpy": ("hd95", "hd", "assd"),
@@ -58,6 +61,7 @@ LESION_RULES = {
     "anima": ("lesion_tpr", "lesion_ppv", "lesion_f1"),
     "isles22": ("lesion_f1", "lesion_count_difference"),
     "brats2023": ("lesion_dice", "lesion_hd95"),
+    "centre-hit": ("lesion_f1", "lesion_count_difference", "lesion_tpr", "lesion_ppv", "lesion_false_positives"),
 }
 """Lesion matching rules (``lesions.py``) and the metrics each gives."""
 
@@ -205,9 +209,10 @@ class Protocol:
         vs_both_empty: volumetric similarity when both are empty.
         surface_variant: key of :data:`SURFACE_VARIANTS`.
         lesion_rule: key of :data:`LESION_RULES`, or None.
-        lesion_both_empty: ISLES 2022 lesion F1 with no lesion in either mask.
+        lesion_both_empty: lesion F1 with no lesion in either mask (``isles22`` and ``centre-hit`` rules).
         anima: anima detection parameters (``lesion_rule="anima"``).
         brats_lesions: BraTS 2023 dilation/threshold (``lesion_rule="brats2023"``).
+        centre_hit: microbleed hit radius and its units (``lesion_rule="centre-hit"``).
         ignore_labels: reference labels whose voxels are set to background in both masks before any
             metric (MRBrainS18 9 and 10).
         missing_case: one of :data:`MISSING_CASE_RULES`.
@@ -231,6 +236,7 @@ class Protocol:
     lesion_both_empty: float = _NAN
     anima: AnimaRule = AnimaRule()
     brats_lesions: BratsLesionRule | None = None
+    centre_hit: CentreHitRule | None = None
     ignore_labels: frozenset[int] = frozenset()
     missing_case: str = "empty"
     scorer_input: ScorerInput = STRICT_INPUT
@@ -251,6 +257,8 @@ class Protocol:
             raise ValueError(f"protocol {self.name!r}: lesion rule {self.lesion_rule!r} does not give {lesion}")
         if self.lesion_rule == "brats2023" and self.brats_lesions is None:
             raise ValueError(f"protocol {self.name!r}: lesion rule 'brats2023' needs brats_lesions")
+        if self.lesion_rule == "centre-hit" and self.centre_hit is None:
+            raise ValueError(f"protocol {self.name!r}: lesion rule 'centre-hit' needs centre_hit")
         if self.missing_case not in MISSING_CASE_RULES:
             raise ValueError(f"protocol {self.name!r}: missing_case must be one of {MISSING_CASE_RULES}")
 
@@ -414,6 +422,41 @@ NEOBRAINS12 = Protocol(
 """NeoBrainS12 (spec §7): Dice, mean surface distance and Hausdorff distance per tissue; the HD variant
 is not stated, medpy voxel boundaries are used; empty masks undefined (NaN). Missing case: empty."""
 
+MICROBLEED_HIT = CentreHitRule()
+"""The hit rule of both microbleed protocols: centres of mass at most 5 voxel index units apart. VALDO's
+value and Dou et al.'s radius were not found (architectures.md §5.5 [M]): the 5 is brainbench's choice."""
+
+VALDO_2021_TASK2 = Protocol(
+    name="valdo-2021-task2",
+    metrics=("dice", "volume_difference_mm3", "lesion_f1", "lesion_count_difference", "lesion_tpr",
+             "lesion_false_positives"),
+    dice_both_empty=1.0,
+    lesion_rule="centre-hit",
+    lesion_both_empty=1.0,
+    centre_hit=MICROBLEED_HIT,
+)
+"""VALDO 2021 Task 2, cerebral microbleeds (lesions.py :func:`microbleed_detection`): Dice, absolute
+volume difference (mm³: a CMB of 5 mm diameter is about 65 mm³, 0.065 ml, which a table printing ml
+would round to 0; the challenge's unit was not verified), detection F1 = 2TP/(2TP+FP+FN) and |#pred − #ref| CMBs, with sensitivity and the
+false-positive count added. 26-connected CMBs hit when their centres of mass are within
+:data:`MICROBLEED_HIT` (voxel index units). Unverified, brainbench's choices: the hit radius, and 1 for
+Dice and F1 when a case has no CMB in either mask (as ISLES 2022; a subject without CMBs and a clean
+prediction counts as perfect). Sensitivity is NaN with no reference CMB. Missing case: empty."""
+
+DOU_2016 = Protocol(
+    name="dou-2016",
+    metrics=("lesion_tpr", "lesion_ppv", "lesion_false_positives", "lesion_f1"),
+    lesion_rule="centre-hit",
+    lesion_both_empty=1.0,
+    centre_hit=MICROBLEED_HIT,
+)
+"""Dou et al. 2016's report on its released CMB data (architectures.md §5.5): sensitivity S = TP/#CMB,
+precision P = TP/(TP+FP), false positives per subject FP_avg (the mean of ``lesion_false_positives``), and
+F1 as VALDO defines it. Dou counts a detection within a radius of an annotated centre; that radius is
+unverified [M], so the rule is :data:`MICROBLEED_HIT` as for VALDO. Per-case values: S and P are NaN with
+no reference / no predicted CMB, and their means are not the paper's pooled S and P [I]. Missing case:
+empty."""
+
 PROTOCOLS: dict[str, Protocol] = {
     protocol.name: protocol
     for protocol in (
@@ -428,6 +471,8 @@ PROTOCOLS: dict[str, Protocol] = {
         MRBRAINS13,
         MRBRAINS18,
         NEOBRAINS12,
+        VALDO_2021_TASK2,
+        DOU_2016,
     )
 }
 """Protocols by name; each challenge edition names its protocol (``Edition.protocol``)."""

@@ -29,7 +29,8 @@ HIGHER_IS_BETTER = frozenset({
     "lesion_dice",
 })
 LOWER_IS_BETTER = frozenset({
-    "hd", "hd95", "assd", "avd", "volume_difference_ml", "lesion_count_difference", "lesion_hd95",
+    "hd", "hd95", "assd", "avd", "volume_difference_ml", "volume_difference_mm3", "lesion_count_difference",
+    "lesion_hd95", "lesion_false_positives",
 })
 """Direction of each metric of :data:`brainbench.evaluation.protocols.METRIC_UNITS` that a rule may rank
 (VDR is signed and ranked by no challenge)."""

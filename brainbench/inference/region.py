@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from brainbench.data.boxes import brain_box
+
 __all__ = ["brain_box", "memory_budget_bytes", "predict_in_brain_box"]
 
 CPU_MEMORY_FRACTION = 0.5
@@ -23,25 +25,6 @@ CPU_MEMORY_FRACTION = 0.5
 
 GPU_MEMORY_FRACTION = 0.8
 """Share of the free device memory a GPU inference pass may plan for (allocator fragmentation)."""
-
-
-def brain_box(image: np.ndarray, align: int = 1) -> tuple[slice, slice, slice]:
-    """The smallest box holding every voxel where any channel is non-zero, as three slices.
-
-    image: (C, X, Y, Z). ``align``: the box starts on multiples of ``align`` per axis (DeepMedic's
-    subsampling factor: tiles then sample the same lattice as on the whole volume). An image with no
-    non-zero voxel gives an empty box.
-    """
-    if align < 1:
-        raise ValueError(f"align: must be >= 1, got {align}")
-    inside = np.any(np.asarray(image) != 0, axis=0)
-    if not inside.any():
-        return (slice(0, 0),) * 3
-    box = []
-    for axis in range(3):
-        occupied = np.flatnonzero(np.any(inside, axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(int(occupied[0]) // align * align, int(occupied[-1]) + 1))
-    return tuple(box)
 
 
 def predict_in_brain_box(predict: Callable, net: nn.Module, image: np.ndarray, n_classes: int,

@@ -223,6 +223,21 @@ class UNet3D(nn.Module):
         return self.classifier(x)
 
 
+def random_reflection(image: np.ndarray, label: np.ndarray, centre: Sequence[int], rng: np.random.Generator,
+                      probability: float) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Image (C, X, Y, Z), label (X, Y, Z) and centre reflected along each axis independently with
+    ``probability``: views of the reflected volume (nothing copied) and the centre's mirrored place,
+    so that a window cut there is the window of the reflected volume (not a reflected window, which
+    would move the target of an even-sized or asymmetric window)."""
+    centre = list(centre)
+    if probability > 0:
+        for axis, flip in enumerate(rng.random(3) < probability):
+            if flip:
+                image, label = np.flip(image, axis=axis - 3), np.flip(label, axis=axis - 3)
+                centre[axis] = label.shape[axis] - 1 - centre[axis]
+    return image, label, centre
+
+
 @dataclass(frozen=True)
 class PatchSegments:
     """3D U-Net training pairs: a (C, P, P, P) image window and its (T, T, T) int64 label target.
@@ -260,12 +275,8 @@ class PatchSegments:
 
     def __call__(self, image: np.ndarray, label: np.ndarray, centre: tuple[int, int, int],
                  rng: np.random.Generator, augment: bool = True) -> tuple[tuple[np.ndarray], np.ndarray]:
-        centre = list(centre)
-        if augment and self.flip_probability > 0:
-            for axis, flip in enumerate(rng.random(3) < self.flip_probability):
-                if flip:
-                    image, label = np.flip(image, axis=axis - 3), np.flip(label, axis=axis - 3)
-                    centre[axis] = label.shape[axis] - 1 - centre[axis]
+        if augment:
+            image, label, centre = random_reflection(image, label, centre, rng, self.flip_probability)
         patch = _per_axis(self.patch_size, "patch_size")
         lo = [c - (p - 1) // 2 for c, p in zip(centre, patch)]
         target = patch if self.target_size is None else self.target_size

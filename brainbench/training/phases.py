@@ -44,6 +44,8 @@ class Phase:
             ``None``: all of ``module``. Every other parameter of the net is frozen.
         sampler: centre sampler of this phase's training patches, and of its validation patches
             unless the data module has its own ``val_sampler``; ``None``: the run's ``sampler.centres``.
+            A sampler that depends on a previous stage's output (Dou's hard negatives, spec §5.5) has
+            ``prepare(net, cases)``, called with the training and validation cases before the phase.
         segments: extractor of this phase (training and validation); ``None``: the model's
             ``model.segments``.
         max_epochs: epochs of this phase; ``None``: ``trainer.max_epochs``.
@@ -72,6 +74,8 @@ class Phase:
                 f"{self.module or 'the net'} (parameters: {sorted({n.split('.')[0] for n in names})})")
         for name in trained:
             names[name].requires_grad_(True)
+        if hasattr(self.sampler, "prepare"):
+            self.sampler.prepare(net, [*datamodule.train_set.cases, *datamodule.val_set.cases])
         datamodule.use(self.sampler or datamodule.sampler, self.segments or datamodule.extractor)
         if self.init_output_bias:
             module.init_output_bias(label_frequencies(datamodule.train_set.cases, module.n_classes))

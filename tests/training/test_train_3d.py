@@ -26,19 +26,25 @@ def logged_run(workdir: Path):
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]
     (run,) = client.search_runs([experiment.experiment_id])
-    return run, client
+    return run
+
+
+def trains_and_beats_a_trivial_labelling(workdir: Path, edition: str, *overrides: str):
+    """``brainbench train challenge=EDITION OVERRIDES`` in ``workdir`` succeeds and its held-out mean Dice beats
+    the best constant labelling of the brain; returns the CLI result and the run's MLflow record."""
+    result = brainbench("train", f"challenge={edition}", *overrides, cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    achieved, baseline, value = held_out_dice_and_baseline(workdir, edition)
+    assert achieved > baseline, f"mean Dice {achieved:.3f} ≤ {baseline:.3f} of the brain labelled {value}"
+    return result, logged_run(workdir)
 
 
 @pytest.mark.slow
 def test_deepmedic_plus_with_the_crf_and_ce_dice_beats_a_trivial_labelling(tmp_path):
-    result = brainbench("train", "model=deepmedic_plus", "postprocess=crf", "crf=brats", "loss=ce_dice", *COMMON,
-                        "model.net.feature_maps=[8,8,8,8,8,8,12,12]", "model.net.fc_feature_maps=[16,16]",
-                        "sampler.segments_per_epoch=200", "sampler.val_segments=10", "trainer.max_epochs=3",
-                        cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    achieved, baseline, value = held_out_dice_and_baseline(tmp_path, "brats2020")
-    assert achieved > baseline, f"mean Dice {achieved:.3f} ≤ {baseline:.3f} of the brain labelled {value}"
-    run, client = logged_run(tmp_path)
+    _, run = trains_and_beats_a_trivial_labelling(
+        tmp_path, "brats2020", "model=deepmedic_plus", "postprocess=crf", "crf=brats", "loss=ce_dice", *COMMON,
+        "model.net.feature_maps=[8,8,8,8,8,8,12,12]", "model.net.fc_feature_maps=[16,16]",
+        "sampler.segments_per_epoch=200", "sampler.val_segments=10", "trainer.max_epochs=3")
     assert run.data.params["postprocess.name"] == "crf" and run.data.params["model.name"] == "deepmedic_plus"
     assert run.data.params["model.net._target_"].endswith("DeepMedicPlus")
     assert run.data.params["inference.brain_box"] == "True"
@@ -47,19 +53,42 @@ def test_deepmedic_plus_with_the_crf_and_ce_dice_beats_a_trivial_labelling(tmp_p
 
 @pytest.mark.slow
 def test_unet3d_on_mrbrains13_beats_a_trivial_labelling(tmp_path):
-    result = brainbench("train", "challenge=mrbrains13", "model=unet3d", "data.synth.spacing_mm=[2.0,2.0,3.0]",
-                        *COMMON, "model.net.widths=[8,16,32]", "model.segments.patch_size=32",
-                        "sampler.segments_per_epoch=40", "sampler.batch_size=2", "sampler.val_segments=4",
-                        "trainer.max_epochs=4", cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    achieved, baseline, value = held_out_dice_and_baseline(tmp_path, "mrbrains13")
-    assert achieved > baseline, f"mean Dice {achieved:.3f} ≤ {baseline:.3f} of the brain labelled {value}"
-    run, _ = logged_run(tmp_path)
+    _, run = trains_and_beats_a_trivial_labelling(
+        tmp_path, "mrbrains13", "model=unet3d", "data.synth.spacing_mm=[2.0,2.0,3.0]", *COMMON,
+        "model.net.widths=[8,16,32]", "model.segments.patch_size=32", "sampler.segments_per_epoch=40",
+        "sampler.batch_size=2", "sampler.val_segments=4", "trainer.max_epochs=4")
     assert run.data.params["model.net._target_"].endswith("UNet3D") and "train/cross_entropy" in run.data.metrics
 
 
+@pytest.mark.slow
+def test_brosch_cen_with_the_sensitivity_specificity_loss_beats_a_trivial_labelling(tmp_path):
+    _, run = trains_and_beats_a_trivial_labelling(
+        tmp_path, "msseg2016", "model=brosch_cen", *COMMON, "model.net.kernel_sizes=[5,3]", "model.net.filters=[8,8]",
+        "sampler.segments_per_epoch=16", "trainer.max_epochs=4")
+    assert run.data.params["model.net._target_"].endswith("BroschCEN") and run.data.params["model.net.shortcut"] == "True"
+    assert run.data.params["loss._target_"].endswith("SensitivitySpecificity") and run.data.params["loss.r"] == "0.05"
+    assert "train/sensitivity_specificity" in run.data.metrics and "val/sensitivity_specificity" in run.data.metrics
+
+
+@pytest.mark.slow
+def test_dou_cascade_on_valdo2021_beats_a_trivial_labelling_and_mines_hard_negatives(tmp_path):
+    # 7 subjects (5 train, one of them without CMBs; 1 validation; the test subject has one CMB), small widths
+    result, run = trains_and_beats_a_trivial_labelling(
+        tmp_path, "valdo2021", "model=dou_cascade", "challenge.adapter.modalities=[t2s]", "data.synth.n_cases=7",
+        "data.datamodule.val_fraction=0.15", "data.datamodule.test_fraction=0.15", "trainer.enable_progress_bar=false",
+        "model.net.screening.maps=[16,16,16,32]", "model.net.discrimination.maps=[16,32]",
+        "model.net.discrimination.hidden=[128,32]", "sampler.segments_per_epoch=640", "sampler.val_segments=64",
+        "trainer.max_epochs=6")
+    log = result.stdout + result.stderr  # Hydra's job log goes to stdout
+    mined = re.search(r"hard-negative mining over \d+ cases: (\d+) CMB centres, (\d+) hard negatives", log)
+    assert mined and int(mined[1]) > 0 and int(mined[2]) > 0, log[-3000:]
+    assert {"screening-train/loss", "discrimination-train/loss"} <= set(run.data.metrics)
+    assert run.data.metrics["test/cmb/lesion_tpr/mean"] > 0
+
+
 @pytest.mark.parametrize("model, edition", [("deepmedic", "brats2020"), ("deepmedic_plus", "brats2020"),
-                                            ("unet3d", "mrbrains13")])
+                                            ("unet3d", "mrbrains13"), ("brosch_cen", "msseg2016"),
+                                            ("dou_cascade", "dou2016")])
 def test_full_width_config_runs_one_forward_pass(model, edition):
     cfg = compose([f"model={model}", f"challenge={edition}"])
     spec = EDITIONS[edition]
@@ -77,7 +106,8 @@ def test_full_width_config_runs_one_forward_pass(model, edition):
     assert logits.shape == (1, spec.n_classes, *target.shape) and torch.isfinite(logits).all()
 
 
-NEW_EXPERIMENTS = ["kamnitsas2017_brats2015_crf", "kamnitsas2017_isles2015_crf", "cicek2016_mrbrains13_unet3d"]
+NEW_EXPERIMENTS = ["kamnitsas2017_brats2015_crf", "kamnitsas2017_isles2015_crf", "cicek2016_mrbrains13_unet3d",
+                   "brosch2016_isbi2015", "brosch2016_miccai2008", "dou2016_cmb"]
 
 
 @pytest.mark.parametrize("experiment", NEW_EXPERIMENTS)
