@@ -34,12 +34,13 @@ from hydra.utils import instantiate
 
 from brainbench.challenges import ChallengeAdapter
 from brainbench.config import compose
+from brainbench.data.boxes import brain_box
 from brainbench.data.cache import PreprocessedCache, PreprocessedCase
 from brainbench.data.preprocess import Pipeline, ResampleSpacing, ZScoreInBrain
 from brainbench.data.synth import synthesize
 from brainbench.evaluation.evaluate import evaluate_case
 from brainbench.evaluation.protocols import PROTOCOLS
-from brainbench.inference.region import brain_box, predict_in_brain_box
+from brainbench.inference.region import predict_in_brain_box
 from brainbench.inference.whole import predict_whole_volume
 from brainbench.io import load_label
 from brainbench.models.brosch import BroschCEN, CroppedVolumes

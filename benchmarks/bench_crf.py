@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from brainbench.data.boxes import brain_box
 from brainbench.data.synth.brats import MODALITIES, synthesize_case
 from brainbench.evaluation.overlap import Confusion, dice
 from brainbench.inference.crf import CRFParameters, DenseCRF3D, crf_intensities, grid_search
-from brainbench.inference.region import brain_box
 
 CASE = Path(__file__).resolve().parents[1] / "../shared/data/real/brats_toolkit_TCGA-DU-7294/TCGA-DU-7294_brainles"
 CHANNELS = ("t1", "t1c", "t2", "fla")

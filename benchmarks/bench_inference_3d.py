@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference_2d import load_case  # noqa: E402
 
 from brainbench.config import compose  # noqa: E402
-from brainbench.inference.region import brain_box, predict_in_brain_box  # noqa: E402
+from brainbench.data.boxes import brain_box  # noqa: E402
+from brainbench.inference.region import predict_in_brain_box  # noqa: E402
 from brainbench.models.deepmedic import CONV_LAYERS, DeepMedic  # noqa: E402
 
 N_CLASSES = 4

@@ -18,7 +18,7 @@ from torch import nn
 
 from brainbench.data.boxes import brain_box
 
-__all__ = ["brain_box", "memory_budget_bytes", "predict_in_brain_box"]
+__all__ = ["memory_budget_bytes", "predict_in_brain_box"]
 
 CPU_MEMORY_FRACTION = 0.5
 """Share of the available host memory a CPU inference pass may plan for (the rest: data, caches, MLflow)."""

@@ -49,20 +49,13 @@ from torch import Tensor, nn
 
 from brainbench.data.boxes import brain_box
 from brainbench.errors import BrainbenchConfigError
-from brainbench.models.deepmedic import _per_axis
+from brainbench.models.deepmedic import _per_axis, positive_sizes
 from brainbench.models.unet3d import PatchSegments, random_reflection
 
 __all__ = ["BroschCEN", "CroppedVolumes", "parameter_count_formula"]
 
 POOLS = ("avg",)
 """Pooling layers: the spec's average pooling [M]; an argument so that a config names it (spec §6.5)."""
-
-
-def _pair(value: Sequence[int], name: str) -> tuple[int, int]:
-    values = tuple(int(v) for v in value)
-    if len(values) != 2 or min(values) < 1:
-        raise BrainbenchConfigError(f"{name}: expected two positive ints, got {list(value)}")
-    return values
 
 
 def parameter_count_formula(in_channels: int, kernel_sizes: Sequence[int] = (9, 9),
@@ -110,8 +103,8 @@ class BroschCEN(nn.Module):
         if pool not in POOLS:
             raise BrainbenchConfigError(f"pool: expected one of {', '.join(POOLS)}, got {pool!r}")
         self.in_channels, self.n_classes, self.pool, self.shortcut = in_channels, n_classes, pool, shortcut
-        self.kernel_sizes = k1, k2 = _pair(kernel_sizes, "kernel_sizes")
-        self.filters = f1, f2 = _pair(filters, "filters")
+        self.kernel_sizes = k1, k2 = positive_sizes(kernel_sizes, 2, "kernel_sizes")
+        self.filters = f1, f2 = positive_sizes(filters, 2, "filters")
         n_out = n_classes - 1
         self.conv1 = nn.Conv3d(in_channels, f1, k1)
         self.conv2 = nn.Conv3d(f1, f2, k2)

@@ -131,6 +131,14 @@ def _per_axis(value: int | Sequence[int], name: str) -> tuple[int, int, int]:
     return tuple(int(v) for v in values)
 
 
+def positive_sizes(value: Sequence[int], count: int, name: str) -> tuple[int, ...]:
+    """``count`` positive ints from a config list (widths, kernel sizes); a config error naming ``name``."""
+    sizes = tuple(int(v) for v in value)
+    if len(sizes) != count or min(sizes) < 1:
+        raise BrainbenchConfigError(f"{name}: expected {count} positive ints, got {list(value)}")
+    return sizes
+
+
 def normal_window(start: int, size: int) -> tuple[int, int]:
     """``[lo, hi)`` of the normal-pathway input predicting output voxels ``[start, start + size)``."""
     return start - CONV_LAYERS, start + size + CONV_LAYERS

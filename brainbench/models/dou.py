@@ -53,7 +53,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor, nn
 
 from brainbench.errors import BrainbenchConfigError
-from brainbench.models.deepmedic import _per_axis, extract_label_block, window
+from brainbench.models.deepmedic import _per_axis, extract_label_block, positive_sizes, window
 from brainbench.models.unet3d import PatchSegments, random_reflection
 
 __all__ = [
@@ -80,13 +80,6 @@ FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 """26-connectivity, for CMB components and detected regions."""
 
 
-def _positive_sizes(value: Sequence[int], count: int, name: str) -> tuple[int, ...]:
-    sizes = tuple(int(v) for v in value)
-    if len(sizes) != count or min(sizes) < 1:
-        raise BrainbenchConfigError(f"{name}: expected {count} positive ints, got {list(value)}")
-    return sizes
-
-
 class DouScreeningFCN(nn.Module):
     """Stage 1, the screening 3D FCN (module docstring, spec §5.2); returns logits.
 
@@ -101,7 +94,7 @@ class DouScreeningFCN(nn.Module):
 
     def __init__(self, in_channels: int = 1, n_classes: int = 2, maps: Sequence[int] = (64, 64, 64, 150)):
         super().__init__()
-        c1, c2, c3, fc1 = _positive_sizes(maps, 4, "screening maps")
+        c1, c2, c3, fc1 = positive_sizes(maps, 4, "screening maps")
         self.in_channels, self.n_classes = in_channels, n_classes
         self.layers = nn.Sequential(
             nn.Conv3d(in_channels, c1, (5, 5, 3)), nn.MaxPool3d(2, stride=2), nn.ReLU(inplace=True),
@@ -140,9 +133,9 @@ class DouDiscriminator(nn.Module):
     def __init__(self, in_channels: int = 1, n_classes: int = 2, maps: Sequence[int] = (32, 64),
                  hidden: Sequence[int] = (500, 100), patch_size: Sequence[int] = DISCRIMINATION_PATCH):
         super().__init__()
-        c1, c2 = _positive_sizes(maps, 2, "discrimination maps")
-        h1, h2 = _positive_sizes(hidden, 2, "discrimination hidden")
-        self.patch_size = _positive_sizes(patch_size, 3, "discrimination patch_size")
+        c1, c2 = positive_sizes(maps, 2, "discrimination maps")
+        h1, h2 = positive_sizes(hidden, 2, "discrimination hidden")
+        self.patch_size = positive_sizes(patch_size, 3, "discrimination patch_size")
         features = [(s - k + 1) // 2 - k2 + 1 for s, k, k2 in zip(self.patch_size, (7, 7, 5), (5, 5, 3))]
         if min(features) < 1:
             raise BrainbenchConfigError(f"discrimination patch_size: {list(self.patch_size)} is too small "
@@ -348,7 +341,7 @@ class CandidatePatches:
     flip_probability: float = 0.5
 
     def __post_init__(self):
-        _positive_sizes(self.size, 3, "CandidatePatches size")
+        positive_sizes(self.size, 3, "CandidatePatches size")
         if self.jitter < 0:
             raise BrainbenchConfigError(f"CandidatePatches jitter: must be >= 0 voxels, got {self.jitter}")
 

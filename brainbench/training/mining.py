@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from brainbench.data.cache import PreprocessedCase
-from brainbench.data.sampling import Centre
+from brainbench.data.sampling import Centre, ForegroundBackgroundSampler
 from brainbench.errors import BrainbenchConfigError
 from brainbench.models.dou import find_candidates, lesion_centres, screening_scores
 
@@ -61,7 +61,8 @@ class HardNegativeSampler:
     device: str | None = None
     _positives: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _negatives: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-    _background: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _background: ForegroundBackgroundSampler = field(
+        default_factory=lambda: ForegroundBackgroundSampler(foreground_fraction=0.0), repr=False)
 
     def __post_init__(self):
         if not 0.0 <= self.positive_fraction <= 1.0:
@@ -116,7 +117,7 @@ class HardNegativeSampler:
         sizes = np.array([[len(p) for p in pool] for pool in pools])  # (2, n_cases)
         if not sizes.any():
             case = cases[int(rng.integers(len(cases)))]
-            return case, self._background_voxel(case, rng)
+            return case, self._background.centre(case, rng)
         kind = 0 if rng.random() < self.positive_fraction else 1
         if not sizes[kind].any():
             kind = 1 - kind
@@ -124,14 +125,6 @@ class HardNegativeSampler:
         index = int(np.searchsorted(np.cumsum(sizes[kind]), flat, side="right"))
         offset = flat - int(sizes[kind][:index].sum())
         return cases[index], tuple(int(v) for v in pools[kind][index][offset])
-
-    def _background_voxel(self, case: PreprocessedCase, rng: np.random.Generator) -> Centre:
-        if case.case_id not in self._background:
-            self._background[case.case_id] = np.flatnonzero(np.asarray(case.brain) & (np.asarray(case.label) == 0))
-        pool = self._background[case.case_id]
-        if pool.size == 0:
-            raise ValueError(f"case {case.case_id} has no background brain voxel to draw a negative from")
-        return tuple(int(i) for i in np.unravel_index(int(pool[rng.integers(pool.size)]), case.brain.shape))
 
 
 def _farther_than(points: np.ndarray, centres: np.ndarray, distance: float) -> np.ndarray:

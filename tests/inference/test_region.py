@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from brainbench.data.boxes import brain_box
 from brainbench.inference.dense import predict_volume
-from brainbench.inference.region import brain_box, memory_budget_bytes, predict_in_brain_box
+from brainbench.inference.region import memory_budget_bytes, predict_in_brain_box
 from brainbench.models.deepmedic import DeepMedic
 
 
