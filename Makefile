@@ -23,9 +23,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/brainbench train
 
+# pytest-xdist: one worker per core, a module's tests on one worker (its fixtures built once); tests/conftest.py
+# gives each worker its share of the cores' threads and starts the modules with slow end-to-end tests first.
 test: setup
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=25
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=25 -n auto --dist loadscope
 
 clean-runs:
 	rm -rf runs mlflow.db datasets/synthetic datasets/.cache

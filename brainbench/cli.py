@@ -16,6 +16,8 @@ from pathlib import Path
 # faster with them (BENCHMARKS.md, issue 10). PyTorch reads the setting once, so it is set before any
 # torch import; a value in the user's environment wins.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+# MLflow draws a progress bar for every artifact download (predict --run, --from-run fetch three small files).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from brainbench.errors import BrainbenchError
 
@@ -29,8 +31,19 @@ INPUT_POLICY_HELP = ("official (default): read predictions as the edition's scor
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
-        return _train(argv[1:])
-    args = _parser().parse_args(argv)
+        try:
+            return _train(*_from_run(argv[1:]))
+        except BrainbenchError as error:
+            print(f"brainbench: error: {error}", file=sys.stderr)
+            return 2
+    if argv[:1] == ["reproduce"]:  # its parser lives with it, and imports MLflow: only for this command
+        from brainbench.reproduce import add_parser
+
+        commands = argparse.ArgumentParser(prog="brainbench").add_subparsers()
+        add_parser(commands)
+        args = commands.choices["reproduce"].parse_args(argv[1:])
+    else:
+        args = _parser().parse_args(argv)
     try:
         return args.handler(args)
     except BrainbenchError as error:
@@ -41,7 +54,17 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brainbench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("train", help="train and evaluate (Hydra overrides follow, e.g. model=deepmedic seed=1)")
+    commands.add_parser("train", help="train and evaluate (Hydra overrides follow, e.g. model=deepmedic seed=1); "
+                                      "--from-run RUN_ID re-runs a logged run's config")
+
+    predict = commands.add_parser("predict", help="segment new cases with the model an MLflow run logged")
+    predict.add_argument("--run", required=True, help="MLflow run id of a finished brainbench train run")
+    predict.add_argument("--input", required=True, type=Path,
+                         help="folder of cases in the run's edition's layout (label maps not needed)")
+    predict.add_argument("--out", required=True, type=Path, help="output folder for <case_id>.nii.gz")
+    predict.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    predict.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the run's inference device)")
+    predict.set_defaults(handler=_predict)
 
     data = commands.add_parser("data", help="data utilities").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write synthetic look-alike cases in an edition's official layout")
@@ -73,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--input-policy", default="official", help=INPUT_POLICY_HELP)
     evaluate.set_defaults(handler=_evaluate)
 
+    commands.add_parser("reproduce", help="the Akkus et al. 2017 review's tables beside brainbench's runs "
+                                          "(brainbench reproduce -h)")
+
     board = commands.add_parser("leaderboard", help="challenge-style ranked table of MLflow runs or submission folders")
     source = board.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", help="MLflow experiment name (default per edition, e.g. brats2020)")
@@ -100,7 +126,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(overrides: list[str]) -> int:
+def _from_run(arguments: list[str]) -> tuple[list[str], str | None]:
+    """``--from-run RUN_ID`` among the train arguments → the other arguments and a config folder that
+    re-runs that run (its tracking URI: a ``logger.tracking_uri=`` override, else the default)."""
+    if "--from-run" not in arguments:
+        return arguments, None
+    index = arguments.index("--from-run")
+    if index + 1 >= len(arguments):
+        raise BrainbenchError("train --from-run needs a run id")
+    run_id, rest = arguments[index + 1], arguments[:index] + arguments[index + 2:]
+    uris = [a.split("=", 1)[1] for a in rest if a.startswith("logger.tracking_uri=")]
+    from brainbench.tracking.mlflow import DEFAULT_TRACKING_URI
+
+    uri = uris[-1] if uris else DEFAULT_TRACKING_URI
+    _require_sqlite_store(uri)
+    import tempfile
+
+    from brainbench.pipeline import from_run_config
+
+    folder = Path(tempfile.mkdtemp(prefix="brainbench-from-run-"))
+    return rest, str(from_run_config(uri, run_id, folder))
+
+
+def _train(overrides: list[str], config_path: str | None = None) -> int:
+    """The Hydra app; ``config_path`` replaces the shipped config tree (``--from-run``)."""
     import hydra
     from omegaconf import DictConfig
     from omegaconf.errors import OmegaConfBaseException
@@ -109,7 +158,7 @@ def _train(overrides: list[str]) -> int:
 
     register()
 
-    @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
+    @hydra.main(config_path=config_path or CONFIG_PATH, config_name="config", version_base="1.3")
     def run(cfg: DictConfig) -> float:
         from brainbench.pipeline import train
 
@@ -124,6 +173,16 @@ def _train(overrides: list[str]) -> int:
 
     sys.argv = ["brainbench train", *overrides]
     run()
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from brainbench.pipeline import predict_from_run
+
+    uri = _tracking_uri(args)
+    _require_sqlite_store(uri)
+    predictions = predict_from_run(uri, args.run, args.input, args.out, device=args.device)
+    print(f"{len(predictions.array_grid)} cases segmented with run {args.run} → {args.out}")
     return 0
 
 
@@ -269,11 +328,11 @@ def _experiment_board(args: argparse.Namespace, uri: str):
     The edition is ``--challenge`` or the one the runs are tagged with (one edition per experiment).
     """
     from brainbench.challenges import get_edition
-    from brainbench.evaluation.leaderboard import (cell_legend, headline_metrics, leaderboard_table,
-                                                   print_leaderboard, rank_teams, to_markdown)
+    from brainbench.evaluation.leaderboard import (aggregate_legend, aggregate_runs, cell_legend, headline_metrics,
+                                                   leaderboard_table, print_leaderboard, rank_teams, to_markdown)
     from brainbench.evaluation.ranking import rule_for
     from brainbench.io import write_atomic
-    from brainbench.tracking.mlflow import experiment_case_metrics, runs_frame
+    from brainbench.tracking.mlflow import configurations, experiment_case_metrics, pooled_case_metrics, runs_frame
 
     _require_sqlite_store(uri)
     runs = runs_frame(uri, args.experiment)
@@ -288,12 +347,17 @@ def _experiment_board(args: argparse.Namespace, uri: str):
     table = leaderboard_table(runs, list(edition.regions), metrics)
     title = f"Leaderboard — experiment {args.experiment}"
     print_leaderboard(table, title, cell_legend(metrics))
+    repeated = configurations(runs).duplicated().any()  # folds or seeds of one configuration: aggregate them
+    if repeated:
+        aggregated = aggregate_runs(runs.assign(**{"tags.variant": configurations(runs)}), list(edition.regions),
+                                    metrics)
+        print_leaderboard(aggregated, f"{title}: configurations over folds × seeds", aggregate_legend(metrics))
     if args.out:
         write_atomic(args.out, lambda tmp: tmp.write_text(to_markdown(table, title, [cell_legend(metrics)])))
     if not args.out_dir:
         return None
     rule = rule_for(edition)
-    frame = experiment_case_metrics(uri, runs)
+    frame = pooled_case_metrics(uri, runs) if repeated else experiment_case_metrics(uri, runs)
     if frame.empty:
         raise BrainbenchError(f"{uri}: no run of experiment '{args.experiment}' has a metrics.csv artifact")
     sources = ", ".join(sorted(set(runs["tags.data_source"].dropna()))) if "tags.data_source" in runs else "unknown"

@@ -51,6 +51,19 @@ def spacing_tag(edition: str, spacing_mm: Any) -> str:
     return "x".join(str(v) for v in values) + "mm"
 
 
+def fold_tag(fold: Any) -> str:
+    """``-fold2`` in run names of cross-validation runs, nothing otherwise."""
+    return "" if fold is None else f"-fold{fold}"
+
+
+def present_channels(edition: str, names: Any) -> list[str]:
+    """The channels among ``names`` that a registered edition has (all of ``names`` for another), so that one
+    preprocessing config serves editions that name a channel differently (BRATS 2013 ``t1c``, BraTS 2017+
+    ``t1ce``)."""
+    names = list(names)
+    return [name for name in names if name in EDITIONS[edition].modalities] if edition in EDITIONS else names
+
+
 def register() -> None:
     """Add the edition configs and resolvers (idempotent; call before composing)."""
     store = ConfigStore.instance()
@@ -58,6 +71,8 @@ def register() -> None:
         store.store(group="challenge", name=name, node=challenge_node(name), provider="brainbench")
     OmegaConf.register_new_resolver("brainbench.synthetic", synthetic_default, replace=True)
     OmegaConf.register_new_resolver("brainbench.spacing_tag", spacing_tag, replace=True)
+    OmegaConf.register_new_resolver("brainbench.fold_tag", fold_tag, replace=True)
+    OmegaConf.register_new_resolver("brainbench.present_channels", present_channels, replace=True)
 
 
 def compose(overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> DictConfig:

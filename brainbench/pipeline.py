@@ -9,27 +9,36 @@ synthesis, caching or training starts.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
+import mlflow
+import mlflow.pytorch
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import MLFlowLogger
 from torch import nn
 
+import brainbench
 from brainbench.challenges import Case, ChallengeAdapter, Edition
 from brainbench.data.cache import PreprocessedCache
 from brainbench.data.datamodule import BrainSegmentationDataModule
+from brainbench.data.preprocess import as_pipeline
 from brainbench.data.provenance import check_source
 from brainbench.errors import BrainbenchConfigError, BrainbenchError
 from brainbench.evaluation.evaluate import evaluate_folders, write_metrics_csv
@@ -40,28 +49,45 @@ from brainbench.evaluation.protocols import protocol_for
 from brainbench.inference.device import InferenceSettings, resolve_device
 from brainbench.inference.predict import Predictions, predict_cases
 from brainbench.io import existing_dir
-from brainbench.tracking.mlflow import ensure_experiment, flatten, git_commit, runs_frame
-from brainbench.training.fit import fit_phase
+from brainbench.tracking.mlflow import (config_hash, download_run_model, ensure_experiment, flatten, git_commit,
+                                        runs_frame, runs_to_frame, runs_with_hash, sweep_parent_run,
+                                        variant_label)
+from brainbench.training.fit import RunLogger, fit_phases
 from brainbench.training.phases import GradeSubset, Phase
 
 log = logging.getLogger(__name__)
+WEIGHTS_FILE = "weights.pt"
+"""The net's final ``state_dict``, logged under the run's ``model/`` artifacts."""
+PREPROCESS_FILE = "preprocess.json"
+"""The preprocessing stages' configs with what the learning stages fitted on the training cases."""
 
 
 @dataclass
-class RunParts:
-    """Everything a run builds from its config before touching data, so a config error costs no data work."""
+class Predictor:
+    """What segmenting a case needs: the edition's adapter, preprocessing, the net and the inference steps."""
 
     adapter: ChallengeAdapter
     preprocess: object
     net: nn.Module
-    loss: nn.Module
-    sampler: object
-    extractor: Callable
-    phases: list[Phase]
     predict: Callable
     refine: Callable | None
     postprocess: Callable | None
     inference: InferenceSettings
+
+    def segment(self, cases: list[tuple[Case, object]], out_dir: Path) -> Predictions:
+        """``<out_dir>/<case_id>.nii.gz`` for each (case, preprocessed case)."""
+        return predict_cases(self.net, cases, self.adapter.edition, self.predict, out_dir, refine=self.refine,
+                             postprocess=self.postprocess, settings=self.inference)
+
+
+@dataclass(kw_only=True)
+class RunParts(Predictor):
+    """Everything a run builds from its config before touching data, so a config error costs no data work."""
+
+    loss: nn.Module
+    sampler: object
+    extractor: Callable
+    phases: list[Phase]
     loader: dict[str, int | bool]
 
 
@@ -103,17 +129,32 @@ def _build(cfg: DictConfig, key: str, *call_with, **kwargs):
         raise BrainbenchConfigError(f"config {key}: {str(cause).strip().splitlines()[-1]}") from None
 
 
+def build_predictor(cfg: DictConfig, require_labels: bool = True) -> Predictor:
+    """The adapter, preprocessing, net (initial weights) and inference steps of ``cfg`` (raises config errors)."""
+    adapter: ChallengeAdapter = _build(cfg, "challenge.adapter", require_labels=require_labels)
+    edition = adapter.edition
+    net = _build(cfg, "model.net", in_channels=len(edition.modalities), n_classes=edition.n_classes)
+    check_postprocess_config(cfg)
+    inference: InferenceSettings = _build(cfg, "inference", trainer_accelerator=cfg.trainer.get("accelerator", "auto"))
+    return Predictor(adapter=adapter, preprocess=_build(cfg, "preprocess"), net=net,
+                     predict=_build(cfg, "model.inference"),
+                     refine=(_build(cfg, "postprocess.probabilities", n_channels=len(edition.modalities),
+                                    device=str(inference.device))  # the CRF runs where the model ran
+                             if cfg.postprocess.get("probabilities") else None),
+                     postprocess=_build(cfg, "postprocess.labels") if cfg.postprocess.get("labels") else None,
+                     inference=inference)
+
+
 def build_parts(cfg: DictConfig) -> RunParts:
     """Instantiate every part of the run from ``cfg`` and check what needs no data (raises config errors)."""
-    adapter: ChallengeAdapter = _build(cfg, "challenge.adapter")
-    if cfg.model.get("grade"):
-        adapter = GradeSubset(adapter, cfg.model.grade)
+    predictor = build_predictor(cfg)
+    adapter = GradeSubset(predictor.adapter, cfg.model.grade) if cfg.model.get("grade") else predictor.adapter
     edition = adapter.edition
     protocol_for(edition)
     check_data_config(cfg.data, edition)
-    net = _build(cfg, "model.net", in_channels=len(edition.modalities), n_classes=edition.n_classes)
-    check_postprocess_config(cfg)
-    optimizer = _build(cfg, "model.optimizer", net.parameters())  # bad optimiser/scheduler arguments fail here
+    check_fold(cfg)
+    # bad optimiser/scheduler arguments fail here, before any data work
+    optimizer = _build(cfg, "model.optimizer", predictor.net.parameters())
     if cfg.model.get("scheduler"):
         _build(cfg, "model.scheduler", optimizer)
     for name in cfg.model.get("callbacks") or {}:
@@ -121,16 +162,10 @@ def build_parts(cfg: DictConfig) -> RunParts:
     phases = ([_build(cfg, f"model.phases.{name}", name=name) for name in cfg.model.phases]
               if cfg.model.get("phases") else [Phase()])
     accelerator = cfg.trainer.get("accelerator", "auto")
-    inference: InferenceSettings = _build(cfg, "inference", trainer_accelerator=accelerator)
-    return RunParts(adapter=adapter, preprocess=_build(cfg, "preprocess"), net=net,
+    return RunParts(**{**vars(predictor), "adapter": adapter},
                     loss=_build(cfg, "loss", n_classes=edition.n_classes),
                     sampler=_build(cfg, "sampler.centres"), extractor=_build(cfg, "model.segments"),
-                    phases=phases, predict=_build(cfg, "model.inference"),
-                    refine=(_build(cfg, "postprocess.probabilities", n_channels=len(edition.modalities),
-                                   device=str(inference.device))  # the CRF runs where the model ran
-                            if cfg.postprocess.get("probabilities") else None),
-                    postprocess=_build(cfg, "postprocess.labels") if cfg.postprocess.get("labels") else None,
-                    inference=inference,
+                    phases=phases,
                     loader=loader_settings(cfg.data.datamodule.num_workers, resolve_device("auto", accelerator)))
 
 
@@ -185,42 +220,160 @@ def loader_settings(num_workers: int | str, training_device: torch.device) -> di
     return {"num_workers": num_workers, "pin_memory": training_device.type == "cuda"}
 
 
+@dataclass(frozen=True)
+class LaunchInfo:
+    """What Hydra knows about the job that a run records: its experiment file, its overrides, its sweep."""
+
+    experiment: str = "none"
+    overrides: tuple[str, ...] = ()
+    sweep_dir: str | None = None
+
+    @classmethod
+    def current(cls) -> LaunchInfo:
+        """The running Hydra job's (empty outside ``brainbench train``, e.g. when a test calls :func:`train`)."""
+        if not HydraConfig.initialized():
+            return cls()
+        hydra_cfg = HydraConfig.get()
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        return cls(experiment=str(hydra_cfg.runtime.choices.get("experiment") or "none"),
+                   overrides=tuple(hydra_cfg.overrides.task),
+                   sweep_dir=str(Path(hydra_cfg.sweep.dir)) if multirun else None)
+
+
+def check_fold(cfg: DictConfig) -> None:
+    """``fold`` is null or one of the ``data.datamodule.folds`` folds (checked before any data work)."""
+    fold, folds = cfg.get("fold"), cfg.data.datamodule.get("folds", 5)
+    if fold is None:
+        return
+    if not isinstance(folds, int) or folds < 2:
+        raise BrainbenchConfigError(f"data.datamodule.folds must be an integer ≥ 2, got {folds!r}")
+    if not isinstance(fold, int) or not 0 <= fold < folds:
+        raise BrainbenchConfigError(f"fold={fold!r} is outside 0..{folds - 1} (data.datamodule.folds={folds})")
+
+
 def train(cfg: DictConfig) -> float:
-    """Run ``cfg`` end to end; return the test mean Dice of the edition's first region (the sweep objective)."""
+    """Run ``cfg`` end to end; return the sweep objective: the last value of ``optimized_metric`` (default:
+    the test mean Dice of the edition's first region).
+
+    With ``resume=true`` a run whose config (:func:`config_hash`) already finished is not run again (its
+    objective is returned), and an unfinished one continues in its own MLflow run and folder from its
+    last checkpoint.
+    """
     pl.seed_everything(cfg.seed, workers=True)  # first: building the net draws its initial weights
     parts = build_parts(cfg)
     edition = parts.adapter.edition
-    output_dir = Path(cfg.paths.output_dir)
+    objective = cfg.get("optimized_metric") or f"test/{next(iter(edition.regions))}/dice/mean"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    identity, launch = config_hash(resolved), LaunchInfo.current()
+    uri = cfg.logger.tracking_uri
+    previous = runs_with_hash(uri, cfg.logger.experiment_name, identity) if cfg.get("resume") else []
+    done = [run for run in previous if run.info.status == "FINISHED"]
+    sweep = sweep_tags(cfg, launch)
+    if done:
+        print(f"Skipped: run {done[0].info.run_id} ({done[0].info.run_name}) already finished this config "
+              f"(hash {identity}); resume=false runs it again")
+        adopt(uri, done[0].info.run_id, sweep)
+        return done[0].data.metrics.get(objective, float("nan"))
+    resumed = previous[0] if previous else None
+    output_dir = Path(resumed.data.tags.get("output_dir", cfg.paths.output_dir) if resumed else cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     datamodule, root, data_source = prepare_datamodule(cfg, parts)
-
-    tags = {"challenge": edition.challenge, "edition": edition.name, "model": cfg.model.name,
-            "seed": str(cfg.seed), "data_source": data_source, "git_commit": git_commit(),
-            **({"grade": grade_tag(cfg.model.grade, datamodule.cases.values())} if cfg.model.get("grade") else {})}
     print(f"Data source: {data_source} ({root})")
-    ensure_experiment(cfg.logger.tracking_uri, cfg.logger.experiment_name)
-    logger = MLFlowLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=cfg.logger.tracking_uri,
-                          run_name=cfg.run_name, tags=tags, log_model=False)
-    logger.log_hyperparams({**flatten(OmegaConf.to_container(cfg, resolve=True)), **parameter_counts(parts.net),
-                            "inference/device_used": str(parts.inference.device),
-                            "inference/precision_used": parts.inference.precision})
-    client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+    ensure_experiment(uri, cfg.logger.experiment_name)
+    client = MlflowClient(tracking_uri=uri)
+    if resumed:
+        print(f"Resuming run {resumed.info.run_id} ({resumed.info.run_name}) from {output_dir / 'checkpoints'}")
+        client.update_run(resumed.info.run_id, status="RUNNING")
+        adopt(uri, resumed.info.run_id, sweep)
+        logger = RunLogger(tracking_uri=uri, run_id=resumed.info.run_id, log_model=False)
+    else:
+        logger = RunLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=uri, run_name=cfg.run_name,
+                           tags={**run_tags(cfg, edition, datamodule, data_source, identity, launch, output_dir),
+                                 **sweep},
+                           log_model=False)
+        logger.log_hyperparams({**flatten(resolved), **parameter_counts(parts.net),
+                                "inference/device_used": str(parts.inference.device),
+                                "inference/precision_used": parts.inference.precision})
     try:
-        for phase in parts.phases:
-            fit_phase(cfg, phase, parts.net, parts.loss, datamodule, logger, output_dir, edition.n_classes)
+        fit_phases(cfg, parts.phases, parts.net, parts.loss, datamodule, logger, output_dir, edition.n_classes)
         test_cases = datamodule.test_cases()
-        predictions = predict_cases(parts.net, test_cases, edition, parts.predict, output_dir / "predictions",
-                                    refine=parts.refine, postprocess=parts.postprocess, settings=parts.inference)
-        summary = _evaluate_and_log(cfg, edition, test_cases, predictions, output_dir, client, logger.run_id,
-                                    data_source)
+        predictions = parts.segment(test_cases, output_dir / "predictions")
+        _evaluate_and_log(cfg, edition, test_cases, predictions, output_dir, client, logger.run_id, data_source)
+        log_run_files(client, logger.run_id, output_dir, parts, datamodule)
+        if cfg.logger.get("register_model"):
+            register_model(uri, logger.run_id, parts.net, cfg.logger.register_model)
     except BaseException:
         client.set_terminated(logger.run_id, "FAILED")
         raise
-    return summary.get(f"test/{next(iter(edition.regions))}/dice/mean", float("nan"))
+    client.set_terminated(logger.run_id, "FINISHED")
+    metrics = client.get_run(logger.run_id).data.metrics  # each metric's last value
+    if objective not in metrics:
+        log.warning("optimized_metric %s was not logged (logged: %s); the sweeper gets NaN", objective,
+                    ", ".join(sorted(metrics)))
+    return metrics.get(objective, float("nan"))
+
+
+def run_tags(cfg: DictConfig, edition: Edition, datamodule: BrainSegmentationDataModule, data_source: str,
+             identity: str, launch: LaunchInfo, output_dir: Path) -> dict[str, str]:
+    """The tags that say what a run is: its edition, model, seed, fold, data and config."""
+    commit = git_commit()
+    return {"challenge": edition.challenge, "edition": edition.name, "model": cfg.model.name,
+            "seed": str(cfg.seed), "fold": "none" if cfg.get("fold") is None else str(cfg.fold),
+            "folds": "none" if cfg.get("fold") is None else str(cfg.data.datamodule.folds),
+            "experiment": launch.experiment, "variant": variant_label(launch.overrides),
+            "data_source": data_source, "config_hash": identity, "output_dir": str(output_dir.resolve()),
+            "git_commit": commit, "mlflow.source.git.commit": commit,
+            **({"from_run": str(cfg.from_run)} if cfg.get("from_run") else {}),
+            **({"grade": grade_tag(cfg.model.grade, datamodule.cases.values())} if cfg.model.get("grade") else {})}
+
+
+def sweep_tags(cfg: DictConfig, launch: LaunchInfo) -> dict[str, str]:
+    """A run's place in a sweep: its parent run (the configured one, or the one its multirun created) and
+    the sweep folder; empty for a single run."""
+    parent = sweep_parent_run(cfg.logger.get("parent_run_id"), launch.sweep_dir)
+    if not parent:
+        return {}
+    return {"mlflow.parentRunId": parent, "sweep_id": parent,
+            **({"sweep_dir": launch.sweep_dir} if launch.sweep_dir else {})}
+
+
+def adopt(tracking_uri: str, run_id: str, sweep: dict[str, str]) -> None:
+    """A re-launched sweep takes over the runs it skips or resumes, so that its parent lists every job."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    for key, value in sweep.items():
+        client.set_tag(run_id, key, value)
+
+
+def register_model(tracking_uri: str, run_id: str, net: nn.Module, name: str) -> None:
+    """Log the trained net as an MLflow model of the run and register it as a new version of ``name``
+    (``logger.register_model``), loadable with ``mlflow.pytorch.load_model("models:/<name>/<version>")``
+    wherever brainbench is installed (the module is pickled: load only models you trust)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(net.cpu(), name="model", registered_model_name=name,
+                                 pip_requirements=[f"brainbench=={brainbench.__version__}"],
+                                 serialization_format="pickle")
+
+
+def log_run_files(client: MlflowClient, run_id: str, output_dir: Path, parts: RunParts,
+                  datamodule: BrainSegmentationDataModule) -> None:
+    """What a later ``predict --run`` / ``train --from-run`` needs: the net's final weights, the fitted
+    preprocessing, each phase's last checkpoint, the stored splits and Hydra's composed config."""
+    model_dir = output_dir / "model"
+    model_dir.mkdir(exist_ok=True)
+    torch.save(parts.net.state_dict(), model_dir / WEIGHTS_FILE)
+    (model_dir / PREPROCESS_FILE).write_text(json.dumps(datamodule.cache.preprocessor.config(), indent=1))
+    client.log_artifacts(run_id, str(model_dir), "model")
+    for checkpoint in sorted((output_dir / "checkpoints").rglob("last.ckpt")):
+        client.log_artifact(run_id, str(checkpoint), str(checkpoint.parent.relative_to(output_dir)))
+    if datamodule.splits_file is not None:
+        client.log_artifact(run_id, str(datamodule.splits_file))
+    if (output_dir / ".hydra" / "config.yaml").is_file():
+        client.log_artifacts(run_id, str(output_dir / ".hydra"), "hydra")
 
 
 def _evaluate_and_log(cfg: DictConfig, edition: Edition, test_cases, predictions: Predictions, output_dir: Path,
-                      client: MlflowClient, run_id: str, data_source: str) -> dict[str, float]:
+                      client: MlflowClient, run_id: str, data_source: str) -> None:
     """Score the prediction files against the test cases' label files; log metrics, config and figures."""
     references = {case.case_id: case.label for case, _ in test_cases}
     # strict: brainbench writes its own predictions in the edition's exact format, so any leniency an
@@ -233,6 +386,7 @@ def _evaluate_and_log(cfg: DictConfig, edition: Edition, test_cases, predictions
                                     input_policy=evaluation.input_policy)
     summary = summary_metrics(evaluation.metrics)
     summary["test/inference_seconds_per_case"] = predictions.seconds_per_case
+    summary["test/n_cases"] = float(evaluation.metrics["case"].nunique()) if len(evaluation.metrics) else 0.0
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in summary.items()])
 
@@ -245,12 +399,54 @@ def _evaluate_and_log(cfg: DictConfig, edition: Edition, test_cases, predictions
                           title=f"{cfg.run_name} — {case.case_id} ({data_source} data), region {region}")
 
     metrics = headline_metrics(edition)
-    table = leaderboard_table(runs_frame(cfg.logger.tracking_uri, cfg.logger.experiment_name), list(edition.regions),
-                              metrics)
+    runs = runs_frame(cfg.logger.tracking_uri, cfg.logger.experiment_name)  # finished runs, and this one
+    if runs.empty or run_id not in set(runs["run_id"]):
+        runs = pd.concat([runs, runs_to_frame([client.get_run(run_id)])], ignore_index=True)
+    table = leaderboard_table(runs, list(edition.regions), metrics)
     title = f"Leaderboard — experiment {cfg.logger.experiment_name} ({edition.name}, {edition.protocol} protocol)"
     leaderboard_md = output_dir / "leaderboard.md"
     leaderboard_md.write_text(to_markdown(table, title, [cell_legend(metrics)]))
     for artifact in (config_yaml, metrics_csv, leaderboard_md, overlay):
         client.log_artifact(run_id, str(artifact))
     print_leaderboard(table, title, cell_legend(metrics))
-    return summary
+
+
+def predict_from_run(tracking_uri: str, run_id: str, input_dir: Path, out_dir: Path, device: str | None = None,
+                     cache_dir: Path | None = None) -> Predictions:
+    """Segment every case under ``input_dir`` (the run's edition's layout; label maps not needed) with the
+    model a run logged: its resolved config, final weights and fitted preprocessing. Writes
+    ``<out_dir>/<case_id>.nii.gz`` in the edition's label values on each case's own grid.
+
+    ``device`` (cpu, cuda, ...) replaces the run's inference device; ``cache_dir`` holds the
+    preprocessed cases (default: a temporary folder).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        files = download_run_model(tracking_uri, run_id, Path(tmp) / "run")
+        cfg = OmegaConf.load(files["config"])
+        if device:
+            cfg.inference.device = device
+        predictor = build_predictor(cfg, require_labels=False)
+        predictor.net.load_state_dict(torch.load(files["weights"], map_location="cpu", weights_only=True))
+        learned = json.loads(files["preprocess"].read_text())["stages"]
+        for stage, stored in zip(as_pipeline(predictor.preprocess).stages, learned, strict=True):
+            if "landmarks" in stored:  # what the learning stages fitted on the run's training cases
+                stage.landmarks = stored["landmarks"]
+        cases = predictor.adapter.discover(existing_dir(input_dir))
+        cache = PreprocessedCache(cache_dir or Path(tmp) / "cache", predictor.preprocess)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return predictor.segment([(case, cache.load(case, predictor.adapter)) for case in cases], out_dir)
+
+
+def from_run_config(tracking_uri: str, run_id: str, folder: Path) -> Path:
+    """A Hydra primary config in ``folder`` that re-runs a logged run: Hydra's composed (unresolved)
+    config of that run, with brainbench's ``hydra`` settings and ``from_run`` set. Returns ``folder``.
+
+    Command-line overrides still apply to its values; config groups cannot be swapped (the logged
+    config is already composed).
+    """
+    composed = OmegaConf.load(download_run_model(tracking_uri, run_id, folder / "run", hydra_config=True)["hydra"])
+    shipped = OmegaConf.load(Path(str(files("brainbench.conf").joinpath("config.yaml"))))
+    composed.hydra, composed.from_run, composed.resume = shipped.hydra, run_id, False
+    composed.logger.parent_run_id = None
+    OmegaConf.save(composed, folder / "config.yaml")
+    return folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 import torch
+from mlflow.tracking import MlflowClient
 from torch import nn
 
 from brainbench.challenges import ChallengeAdapter
@@ -121,3 +123,57 @@ def calibrated_deepmedic(model, seed: int = 0):
         model.train()(torch.randn(4, model.in_channels, 25, 25, 25, generator=gen),
                       torch.randn(4, model.in_channels, 19, 19, 19, generator=gen))
     return model.eval()
+
+
+SWEEP = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=deepmedic,deepmedic_plus", "fold=0,1",
+         *TINY, "data.datamodule.folds=2", "trainer.enable_progress_bar=false", "logger.experiment_name=sweep"]
+"""4 jobs, 2 at a time, on 4 synthetic cases: 1 held-out test case, 3 cases dealt into 2 folds."""
+
+
+def run_sweep(workdir: Path, tracking_uri: str) -> MlflowClient:
+    """Launch :data:`SWEEP` against ``tracking_uri`` and return a client of that store."""
+    result = run_cli("train", *SWEEP, f"logger.tracking_uri={tracking_uri}", cwd=workdir, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def check_sweep_store(client: MlflowClient, workdir: Path) -> None:
+    """One parent, 4 finished children with their fold, model, metrics and artifacts; the parent's
+    aggregated leaderboard equals the mean ± SD computed here from the children's own metrics."""
+    experiment = client.get_experiment_by_name("sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if run.data.tags.get("kind") == "sweep"]
+    children = [run for run in runs if run.info.run_id != parent.info.run_id]
+    assert len(children) == 4 and parent.info.status == "FINISHED"
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parent.info.run_id}
+    assert sorted((r.data.tags["model"], r.data.tags["fold"]) for r in children) == [
+        ("deepmedic", "0"), ("deepmedic", "1"), ("deepmedic_plus", "0"), ("deepmedic_plus", "1")]
+    assert all(run.info.status == "FINISHED" and run.data.tags["folds"] == "2" for run in children)
+    assert "model=deepmedic,deepmedic_plus" in parent.data.tags["sweep.overrides"]
+    assert "joblib" in parent.data.tags["sweep.launcher"]
+    for run in children:
+        metrics = run.data.metrics
+        for region in ("WT", "TC", "ET"):
+            assert {f"test/{region}/{m}/{s}" for m in ("dice", "hd95") for s in ("mean", "std")} <= set(metrics)
+        assert metrics["test/n_cases"] == 1
+        assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2  # both epochs, no loss
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "metrics.csv", "model", "hydra"} <= artifacts
+        assert any(path.startswith("splits_2fold_") for path in artifacts)
+
+    # every job read the same stored folds: the validation cases of fold 0 and fold 1 partition the 3 non-test cases
+    (splits_file,) = list((workdir / "datasets" / ".cache" / "splits").glob("splits_2fold_*.json"))
+    splits = json.loads(splits_file.read_text())
+    assert len(splits["test"]) == 1 and sorted(len(f) for f in splits["folds"]) == [1, 2]
+    assert not set(splits["test"]) & {case for fold in splits["folds"] for case in fold}
+
+    board = pd.read_csv(client.download_artifacts(parent.info.run_id, "leaderboard/brats2020/leaderboard.csv",
+                                                  str(workdir / "board")))
+    assert len(board) == 2 and set(board["runs"]) == {2} and set(board["folds"].astype(str)) == {"0,1"}
+    for _, row in board.iterrows():
+        model = "deepmedic_plus" if "deepmedic_plus" in row["configuration"] else "deepmedic"
+        values = pd.Series([r.data.metrics["test/WT/dice/mean"] for r in children if r.data.tags["model"] == model])
+        assert row["WT dice"] == f"{values.mean():.3f}±{values.std(ddof=1):.3f} (2)"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "leaderboard/brats2020")}
+    assert "leaderboard/brats2020/cases_dice.png" in artifacts
+    assert "leaderboard/brats2020/ranking" in artifacts  # two configurations: ranked on pooled per-case metrics

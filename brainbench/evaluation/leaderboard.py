@@ -99,6 +99,56 @@ def leaderboard_table(runs: pd.DataFrame, regions: Sequence[str], metrics: Seque
     return pd.DataFrame(rows)
 
 
+def aggregate_runs(runs: pd.DataFrame, regions: Sequence[str], metrics: Sequence[str], prefix: str = "test",
+                   by: str = "tags.variant") -> pd.DataFrame:
+    """One row per configuration (``by``, e.g. a sweep job's overrides without seed and fold): for each
+    region × metric, ``mean±SD (n)`` over its runs of each run's mean over test cases — the spread
+    over folds and seeds, the number cross-validated papers report.
+
+    ``runs`` is :func:`brainbench.tracking.mlflow.runs_frame`-shaped; runs without the summary metric
+    are left out.
+    """
+    key = f"metrics.{prefix}/{regions[0]}/{metrics[0]}/mean"
+    if key not in runs:
+        return pd.DataFrame(columns=["configuration", "runs", "folds", "seeds", "data"])
+    runs = runs[runs[key].notna()]
+    labels = runs[by].fillna("default") if by in runs else pd.Series("default", index=runs.index)
+    rows = []
+    for label, group in runs.groupby(labels, sort=False):
+        row = {"configuration": label, "runs": len(group),
+               "folds": _listed(group.get("tags.fold")), "seeds": _listed(group.get("tags.seed")),
+               "data": ", ".join(sorted(set(group.get("tags.data_source", pd.Series("unknown")).fillna("unknown"))))}
+        for region in regions:
+            for metric in metrics:
+                values = group.get(f"metrics.{prefix}/{region}/{metric}/mean", pd.Series(dtype=float)).dropna()
+                row[f"{region} {metric}"] = _spread_cell(values.to_numpy(dtype=float), metric)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def aggregate_legend(metrics: Sequence[str]) -> str:
+    """How to read an :func:`aggregate_runs` cell."""
+    units = ", ".join(f"{metric} [{METRIC_UNITS[metric]}]" for metric in metrics)
+    return ("Cells: mean±SD (n) over runs (folds × seeds) of each run's mean over its test cases; SD with "
+            f"n − 1 degrees of freedom, '±–' for a single run; units: {units} (1 = unitless).")
+
+
+def _listed(values: pd.Series | None) -> str:
+    """Distinct tag values, sorted naturally: ``0,1,2``."""
+    if values is None:
+        return ""
+    distinct = sorted(set(values.dropna().astype(str)), key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else v))
+    return ",".join(distinct)
+
+
+def _spread_cell(values: np.ndarray, metric: str) -> str:
+    if not values.size:
+        return ""
+    digits = 3 if METRIC_UNITS.get(metric, "1") == "1" else 1
+    spread = f"{np.std(values, ddof=1):.{digits}f}" if values.size > 1 else "–"
+    return f"{np.mean(values):.{digits}f}±{spread} ({values.size})"
+
+
 def _cell(stats: Mapping[str, float], metric: str) -> str:
     """``mean±std (median; q25–q75)``: 3 decimals for fractions, 1 for mm, mm³, ml and counts."""
     digits = 3 if METRIC_UNITS.get(metric, "1") == "1" else 1
@@ -122,34 +172,42 @@ def headline_metrics(edition: Edition) -> tuple[str, ...]:
     return rule_for(edition).metrics
 
 
-def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
-    """GitHub Markdown with a title, the data-source note and ``notes`` (default: the cell legend)."""
+def to_markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = (), source_note: bool = True) -> str:
+    """GitHub Markdown with a title, the data-source note (unless ``source_note`` is false: a table that says
+    it per row) and ``notes`` (default: the cell legend); ``|`` in cells escaped."""
     lines = [f"# {title}", ""]
-    for note in (data_source_note(table), *notes):
+    for note in ([data_source_note(table)] if source_note else []) + list(notes):
         lines.extend([note, ""])
     if table.empty:
         return "\n".join([*lines, "(no finished runs with test metrics)", ""])
     shown = _display(table)
     header = list(shown.columns)
-    lines.append("| " + " | ".join(header) + " |")
+
+    def cell(value: object) -> str:
+        return str(value).replace("|", r"\|")
+
+    lines.append("| " + " | ".join(map(cell, header)) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
-    lines.extend("| " + " | ".join(str(row[c]) for c in header) + " |" for _, row in shown.iterrows())
+    lines.extend("| " + " | ".join(cell(row[c]) for c in header) + " |" for _, row in shown.iterrows())
     return "\n".join(lines) + "\n"
 
 
-def to_html(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
+def to_html(table: pd.DataFrame, title: str, notes: Sequence[str] = (), source_note: bool = True) -> str:
     """A standalone HTML page: title, notes as paragraphs, the table (all text escaped)."""
-    paragraphs = "".join(f"<p>{html.escape(note)}</p>\n" for note in (data_source_note(table), *notes))
+    notes = ([data_source_note(table)] if source_note else []) + list(notes)
+    paragraphs = "".join(f"<p>{html.escape(note)}</p>\n" for note in notes)
     body = _display(table).to_html(index=False, escape=True, border=0)
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title></head>\n"
             f"<body>\n<h1>{html.escape(title)}</h1>\n{paragraphs}{body}\n</body></html>\n")
 
 
-def to_latex(table: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
-    """A LaTeX ``table`` environment (booktabs) whose caption holds the title and the notes."""
-    caption = " ".join([title + ".", data_source_note(table), *notes])
+def to_latex(table: pd.DataFrame, title: str, notes: Sequence[str] = (), source_note: bool = True,
+             label: str = "leaderboard", longtable: bool = False) -> str:
+    """A LaTeX table (booktabs; ``longtable`` for tables that run over a page) whose caption holds the
+    title and the notes."""
+    caption = " ".join([title + ".", *([data_source_note(table)] if source_note else []), *notes])
     return _display(table).to_latex(index=False, escape=True, caption=caption.replace("%", r"\%"),
-                                    label="tab:leaderboard")
+                                    label=f"tab:{label}", longtable=longtable)
 
 
 def write_tables(table: pd.DataFrame, out_dir: str | Path, title: str,

@@ -1,13 +1,17 @@
-"""MLflow conventions: tracking URI, store preparation, run tags and flattened params.
+"""MLflow conventions: tracking URI, store preparation, sweeps as parent runs, run identity, queries.
 
 MLflow ≥ 3.13 refuses the old ``./mlruns`` file store, so every entry point passes an explicit
-tracking URI (default ``sqlite:///mlflow.db``). A fresh SQLite store migrates its schema on first
-use and parallel first uses race, so the launching process prepares the store and experiment
-before any job starts (:class:`PrepareTrackingStore`, a Hydra callback).
+tracking URI (default ``sqlite:///mlflow.db``; a ``http://`` server with a SQL database at scale).
+A fresh SQLite store migrates its schema on first use and parallel first uses race, so the
+launching process prepares the store and experiment before any job starts, and creates the
+sweep's parent run there (:class:`SweepTracking`, a Hydra callback); the jobs — in this process,
+in joblib workers, or on SLURM nodes — find the parent's id in the sweep folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -20,8 +24,20 @@ from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from brainbench.challenges import Unranked, get_edition
+from brainbench.errors import BrainbenchError
+from brainbench.evaluation.leaderboard import aggregate_legend, aggregate_runs, headline_metrics, rank_teams, write_tables
+from brainbench.evaluation.plots import case_metric_png
+from brainbench.evaluation.protocols import METRIC_UNITS
+from brainbench.evaluation.ranking import rule_for
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_TAGS = ("challenge", "edition", "model", "seed", "data_source", "git_commit")
+PARENT_RUN_FILE = "mlflow_parent_run_id"
+"""File in a multirun's sweep folder holding the parent run's id, written before any job starts."""
+RUN_LOCAL_KEYS = ("paths.output_dir", "resume", "logger.tracking_uri", "logger.parent_run_id", "from_run",
+                  "trainer.enable_progress_bar")
+"""Config keys that do not change what a run computes: left out of its identity (:func:`config_hash`)."""
 
 
 def ensure_experiment(tracking_uri: str, experiment_name: str) -> str:
@@ -36,16 +52,90 @@ def ensure_experiment(tracking_uri: str, experiment_name: str) -> str:
         return client.get_experiment_by_name(experiment_name).experiment_id
 
 
-class PrepareTrackingStore(Callback):
-    """Hydra callback: prepare the MLflow store once in the launching process, before any job of a
-    multirun. A single run prepares it itself once its config has been checked, so that a config
-    error leaves no store behind."""
+class SweepTracking(Callback):
+    """Hydra callback: a multirun is one MLflow parent run with its jobs as child runs.
 
-    def __init__(self, tracking_uri: str, experiment_name: str):
-        self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
+    In the launching process, before any job starts, it prepares the store and experiment, then
+    creates the parent run (tag ``kind=sweep``, the sweep's overrides as its description) — or
+    adopts ``parent_run_id`` when one is given (``brainbench reproduce`` nests several sweeps under
+    its own run) — and writes its id to the sweep folder, where every job reads it whatever the
+    launcher. When the sweep ends it logs the sweep's leaderboard (aggregated over folds and seeds)
+    to the parent and closes a parent it created: FINISHED when every child finished, FAILED
+    otherwise. A single run prepares the store itself once its config has been checked, so that a
+    config error leaves no store behind.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_name: str, parent_run_id: str | None = None):
+        self.tracking_uri, self.experiment_name, self.parent_run_id = tracking_uri, experiment_name, parent_run_id
+        self.created = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        ensure_experiment(self.tracking_uri, self.experiment_name)
+        experiment_id = ensure_experiment(self.tracking_uri, self.experiment_name)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not self.parent_run_id:
+            overrides = list(config.hydra.overrides.task)
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+            run = client.create_run(experiment_id, run_name=f"sweep-{sweep_dir.name}", tags={
+                "kind": "sweep", "sweep.overrides": " ".join(overrides)[:5000],
+                "sweep.launcher": str(config.hydra.launcher.get("_target_", "")),
+                "sweep.sweeper": str(config.hydra.sweeper.get("_target_", "")),
+                "mlflow.note.content": "Hydra multirun: brainbench train -m " + " ".join(overrides),
+                "git_commit": git_commit(), "mlflow.source.git.commit": git_commit()})
+            self.parent_run_id, self.created = run.info.run_id, True
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_RUN_FILE).write_text(self.parent_run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.parent_run_id:
+            return
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        children = [run for run in child_runs(self.tracking_uri, self.parent_run_id)
+                    if self.created or run.data.tags.get("sweep_dir") == str(sweep_dir)]
+        # an adopted parent holds several sweeps (brainbench reproduce): each its own folder
+        folder = Path("leaderboard") if self.created else Path("sweeps") / sweep_dir.name
+        if (sweep_dir / "multirun.yaml").is_file():
+            client.log_artifact(self.parent_run_id, str(sweep_dir / "multirun.yaml"), str(folder))
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in sweep_board_files(self.tracking_uri, children, Path(tmp)):
+                client.log_artifact(self.parent_run_id, str(path), str(folder / path.parent.relative_to(tmp)))
+        if self.created:
+            every_child_finished = bool(children) and all(run.info.status == "FINISHED" for run in children)
+            client.set_terminated(self.parent_run_id, "FINISHED" if every_child_finished else "FAILED")
+
+
+def sweep_parent_run(parent_run_id: str | None, sweep_dir: str | Path | None) -> str | None:
+    """The parent run a job reports to: the configured one, else the one its sweep's launching
+    process created (:class:`SweepTracking`), else none (a single run)."""
+    if parent_run_id:
+        return str(parent_run_id)
+    marker = Path(sweep_dir) / PARENT_RUN_FILE if sweep_dir else None
+    return marker.read_text().strip() if marker is not None and marker.is_file() else None
+
+
+def child_runs(tracking_uri: str, parent_run_id: str) -> list:
+    """Every run (any status, any experiment) whose parent is ``parent_run_id``, oldest first."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              order_by=["attributes.start_time ASC"], max_results=50_000)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A run's identity: the SHA-256 (16 hex digits) of its resolved config without the keys that do not
+    change what it computes (:data:`RUN_LOCAL_KEYS`). Two runs with one hash train the same model."""
+    flat = {key: value for key, value in flatten(config).items() if key not in RUN_LOCAL_KEYS}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def runs_with_hash(tracking_uri: str, experiment_name: str, digest: str) -> list:
+    """Runs of ``experiment_name`` with config hash ``digest``, newest first (empty without the experiment)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.config_hash = '{digest}'",
+                              order_by=["attributes.start_time DESC"], max_results=1000)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -70,6 +160,15 @@ def git_commit(directory: str | Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+def variant_label(overrides: Sequence[str]) -> str:
+    """What distinguishes a sweep job's configuration from the others', for grouping its folds and seeds:
+    its command-line overrides without ``seed``, ``fold`` and the keys that do not change the result."""
+    ignored = {"seed", "fold", *RUN_LOCAL_KEYS}
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ignored
+            and not o.lstrip("+~").startswith("logger.")]
+    return " ".join(kept) or "default"
+
+
 def runs_frame(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
     """Finished runs of an experiment, oldest first: ``run_id``, ``run_name``, ``tags.*``, ``metrics.*``.
 
@@ -79,14 +178,9 @@ def runs_frame(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return pd.DataFrame()
-    runs = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time ASC"], max_results=50_000)
-    return pd.DataFrame([
-        {"run_id": run.info.run_id, "run_name": run.info.run_name,
-         **{f"tags.{k}": v for k, v in run.data.tags.items()},
-         **{f"metrics.{k}": v for k, v in run.data.metrics.items()}}
-        for run in runs
-    ])
+    return runs_to_frame(client.search_runs([experiment.experiment_id],
+                                            filter_string="attributes.status = 'FINISHED'",
+                                            order_by=["attributes.start_time ASC"], max_results=50_000))
 
 
 def experiment_case_metrics(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
@@ -94,23 +188,111 @@ def experiment_case_metrics(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFra
 
     Runs without that artifact and earlier leaderboard runs (tag ``kind=leaderboard``) are skipped.
     """
-    client = MlflowClient(tracking_uri=tracking_uri)
-    frames = []
     names = runs.get("run_name", pd.Series(index=runs.index, dtype=object)).fillna("")
     repeated = set(names[names.duplicated()]) | {""}
+    teams = [f"{name} ({run_id[:8]})" if name in repeated else name for name, run_id in zip(names, runs["run_id"])]
+    return _case_metrics(tracking_uri, runs, teams, pooled=False)
+
+
+def configurations(runs: pd.DataFrame) -> pd.Series:
+    """Each run's configuration: its ``variant`` tag (a sweep job's overrides without seed and fold), else
+    its run name — what a leaderboard aggregates folds and seeds over."""
+    names = runs.get("run_name", pd.Series("", index=runs.index)).fillna("")
+    return runs.get("tags.variant", pd.Series(index=runs.index, dtype=object)).fillna(names)
+
+
+def pooled_case_metrics(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per-case metrics of runs, team = configuration (:func:`configurations`), every fold × seed
+    repetition of a test case kept as a case of its own (``case · fold F · seed S``): the pooled
+    per-case values a cross-validated ranking compares."""
+    return _case_metrics(tracking_uri, runs, list(configurations(runs)), pooled=True)
+
+
+def _case_metrics(tracking_uri: str, runs: pd.DataFrame, teams: Sequence[str], pooled: bool) -> pd.DataFrame:
+    """The runs' ``metrics.csv`` artifacts, one team label per run, as one long frame."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    frames = []
     with tempfile.TemporaryDirectory() as tmp:
-        for (_, run), name in zip(runs.iterrows(), names):
+        for (_, run), team in zip(runs.iterrows(), teams):
             if run.get("tags.kind") == "leaderboard":
                 continue
             if "metrics.csv" not in {artifact.path for artifact in client.list_artifacts(run["run_id"])}:
                 continue
             local = client.download_artifacts(run["run_id"], "metrics.csv", f"{tmp}/{run['run_id']}")
-            team = f"{name} ({run['run_id'][:8]})" if name in repeated else name
-            frames.append(pd.read_csv(local).assign(team=team))
+            frame = pd.read_csv(local).assign(team=team)
+            if pooled:
+                frame["case"] = frame["case"].astype(str) + f" · fold {run.get('tags.fold', 'none')} · seed " \
+                    + str(run.get("tags.seed", "?"))
+            frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=["team", "case", "region", "metric", "value"])
     frame = pd.concat(frames, ignore_index=True)
     return frame[["team", "case", "region", "metric", "value"]]
+
+
+def runs_to_frame(runs: Sequence) -> pd.DataFrame:
+    """MLflow ``Run`` objects → ``run_id``, ``run_name``, ``status``, ``tags.*``, ``metrics.*`` columns."""
+    return pd.DataFrame([
+        {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
+         **{f"tags.{k}": v for k, v in run.data.tags.items()},
+         **{f"metrics.{k}": v for k, v in run.data.metrics.items()}}
+        for run in runs
+    ])
+
+
+def sweep_board_files(tracking_uri: str, children: Sequence, out_dir: Path) -> list[Path]:
+    """The sweep's leaderboard files in ``out_dir/<edition>/``: configurations aggregated over folds and
+    seeds (mean ± SD over runs), a box plot of the pooled per-case values of each headline metric, and
+    — for a ranked edition with more than one configuration — the challenge ranking of the pooled
+    per-case metrics with its rank-stability figure. Finished children only."""
+    runs = runs_to_frame([run for run in children if run.info.status == "FINISHED"])
+    files: list[Path] = []
+    if runs.empty or "tags.edition" not in runs:
+        return files
+    for edition_name, edition_runs in runs.groupby("tags.edition"):
+        try:
+            edition = get_edition(str(edition_name))
+        except BrainbenchError:  # a cohort declared in a user's YAML file: no declaration to read here
+            continue
+        folder, metrics = out_dir / edition.name, headline_metrics(edition)
+        table = aggregate_runs(edition_runs.assign(**{"tags.variant": configurations(edition_runs)}),
+                               list(edition.regions), metrics)
+        title = f"Sweep leaderboard — {edition.name} ({edition.protocol} protocol), folds × seeds aggregated"
+        files += write_tables(table, folder, title, [aggregate_legend(metrics)])
+        pooled = pooled_case_metrics(tracking_uri, edition_runs)
+        if pooled.empty:
+            continue
+        labels = list(table["configuration"])
+        for metric in metrics:
+            files.append(case_metric_png(pooled, metric, labels, folder / f"cases_{metric}.png",
+                                         title=f"{edition.name}: per-case {metric}, folds × seeds pooled",
+                                         unit=METRIC_UNITS.get(metric, "")))
+        if not isinstance(edition.ranking, Unranked) and len(labels) > 1:
+            files += rank_teams(pooled, rule_for(edition), f"{title}: ranking of pooled per-case metrics",
+                                ", ".join(sorted(set(table["data"]))), folder / "ranking", n_bootstrap=200).files
+    return files
+
+
+def download_run_model(tracking_uri: str, run_id: str, folder: Path, hydra_config: bool = False) -> dict[str, Path]:
+    """Download what re-using a run needs into ``folder``: ``config`` (resolved config.yaml), ``weights``
+    and ``preprocess`` (its ``model/`` artifacts), or with ``hydra_config`` Hydra's composed config
+    (``hydra``). A run that lacks them is a one-line error."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise BrainbenchError(f"{tracking_uri}: no run {run_id!r} in this MLflow store") from None
+    wanted = {"hydra": "hydra/config.yaml"} if hydra_config else {
+        "config": "config.yaml", "weights": "model/weights.pt", "preprocess": "model/preprocess.json"}
+    folder.mkdir(parents=True, exist_ok=True)
+    found = {}
+    for key, artifact in wanted.items():
+        try:
+            found[key] = Path(client.download_artifacts(run_id, artifact, str(folder)))
+        except (mlflow.exceptions.MlflowException, OSError):
+            raise BrainbenchError(f"run {run_id} ({run.info.run_name}) has no {artifact} artifact: it was logged "
+                                  "by an older brainbench or did not finish") from None
+    return found
 
 
 def log_leaderboard_run(tracking_uri: str, experiment: str, files: Sequence[Path], tags: Mapping[str, str]) -> str:

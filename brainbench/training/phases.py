@@ -146,6 +146,13 @@ class EarlyStoppingRestoreBest(pl.Callback):
         if self.best_state is not None:
             pl_module.load_state_dict(self.best_state)
 
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint, so that a resumed fit keeps its best weights and its patience count."""
+        return {"best": self.best, "wait": self.wait, "best_state": self.best_state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best, self.wait, self.best_state = state_dict["best"], state_dict["wait"], state_dict["best_state"]
+
 
 GRADE_ALIASES = {"HG": "HGG", "LG": "LGG"}
 """BRATS 2012/2013 name their grade folders ``HG``/``LG``; later editions ``HGG``/``LGG``."""

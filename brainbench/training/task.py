@@ -7,7 +7,9 @@ cross-entropy too, so that runs with different losses stay comparable and early 
 monitor. Frozen parameters (a phase of
 :mod:`brainbench.training.phases`) are left out of the optimiser, and modules whose parameters are
 all frozen stay in eval mode. Metrics are logged once per epoch only: each MLflow write on SQLite
-costs milliseconds.
+costs milliseconds. Under DDP (``trainer=ddp_cpu``, ``trainer=ddp``) each process sees its share of the
+epoch's segments, so the epoch means and the validation Dice counts are reduced over the processes
+before rank 0 logs them (a no-op in one process).
 """
 
 from __future__ import annotations
@@ -83,8 +85,9 @@ class SegmentationTask(pl.LightningModule):
         logits, target = self._logits_and_target(batch)
         segmentation_loss = self.loss(logits, target)
         loss = segmentation_loss + self._penalty()
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(target))
-        self.log(f"train/{self.loss.name}", segmentation_loss, on_step=False, on_epoch=True, batch_size=len(target))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(target), sync_dist=True)
+        self.log(f"train/{self.loss.name}", segmentation_loss, on_step=False, on_epoch=True, batch_size=len(target),
+                 sync_dist=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -93,17 +96,18 @@ class SegmentationTask(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         logits, target = self._logits_and_target(batch)
         self.log("val/cross_entropy", F.cross_entropy(logits, target), on_step=False, on_epoch=True,
-                 batch_size=len(target))
+                 batch_size=len(target), sync_dist=True)
         if self.loss.name != "cross_entropy":
             self.log(f"val/{self.loss.name}", self.loss(logits, target), on_step=False, on_epoch=True,
-                     batch_size=len(target))
+                     batch_size=len(target), sync_dist=True)
         classes = torch.tensor(self.foreground_classes, device=target.device)
         pred = torch.isin(logits.argmax(1), classes)
         ref = torch.isin(target, classes)
         self._val_counts += torch.stack([(pred & ref).sum(), pred.sum(), ref.sum()]).float().cpu()
 
     def on_validation_epoch_end(self) -> None:
-        overlap, n_pred, n_ref = self._val_counts.tolist()
+        counts = self.trainer.strategy.reduce(self._val_counts.to(self.device), reduce_op="sum")  # all processes'
+        overlap, n_pred, n_ref = counts.tolist()
         self.log("val/wt_dice_segments", 2 * overlap / (n_pred + n_ref) if n_pred + n_ref else 1.0)
 
     def on_train_start(self) -> None:

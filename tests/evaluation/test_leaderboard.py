@@ -82,6 +82,37 @@ def test_experiment_leaderboard_ranks_run_artifacts_and_logs_to_mlflow(tmp_path)
     assert {"leaderboard.md", "leaderboard.csv", "rank_stability.png"} <= artifacts
 
 
+def test_experiment_leaderboard_aggregates_folds_and_pools_their_cases_for_ranking(tmp_path):
+    """Two configurations × two folds: one row per configuration, mean ± SD over its folds of each run's
+    mean Dice, and a ranking of the configurations on the per-case values of every fold pooled."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("cv", artifact_location=(tmp_path / "artifacts").as_uri())
+    dice = {("model=good", "0"): 0.9, ("model=good", "1"): 0.8, ("model=bad", "0"): 0.5, ("model=bad", "1"): 0.4}
+    for (variant, fold), value in dice.items():
+        run = client.create_run(experiment, run_name=f"{variant}-fold{fold}", tags={
+            "edition": "brats2020", "data_source": "synthetic", "variant": variant, "fold": fold, "seed": "0"})
+        rows = [(c, r, m, value if m == "dice" else (1 - value) * 10) for c in ("a", "b") for r in ("WT", "TC", "ET")
+                for m in ("dice", "hd95")]
+        csv = tmp_path / f"{variant}-{fold}" / "metrics.csv"
+        csv.parent.mkdir()
+        pd.DataFrame(rows, columns=["case", "region", "metric", "value"]).to_csv(csv, index=False)
+        client.log_artifact(run.info.run_id, str(csv))
+        for region in ("WT", "TC", "ET"):
+            client.log_metric(run.info.run_id, f"test/{region}/dice/mean", value)
+            client.log_metric(run.info.run_id, f"test/{region}/hd95/mean", (1 - value) * 10)
+        client.set_terminated(run.info.run_id)
+    result = brainbench("leaderboard", "--experiment", "cv", "--tracking-uri", uri, "--out-dir", "out",
+                        "--bootstrap", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "configurations over folds × seeds" in result.stdout
+    assert "0.850±0.071 (2)" in result.stdout and "0.450±0.071 (2)" in result.stdout  # SD of (0.9, 0.8), n − 1
+    ranked = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert list(ranked["team"]) == ["model=good", "model=bad"]
+    pooled = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    assert pooled.groupby("team")["case"].nunique().to_dict() == {"model=bad": 4, "model=good": 4}  # 2 cases × 2 folds
+
+
 def test_leaderboard_submissions_needs_ref_and_challenge(tmp_path):
     (tmp_path / "a").mkdir()
     result = brainbench("leaderboard", "--submissions", "a", cwd=tmp_path)

@@ -53,6 +53,7 @@ def test_real_without_root_is_one_line_before_any_data_work(tmp_path):
                                  "argument 'bogus'"),
     ("model.net._target_=brainbench.models.nope.Net", "config model.net: "),
     ("inference.precision=fp8", "inference.precision='fp8': expected auto, 32, bf16, 16"),
+    ("fold=5", "fold=5 is outside 0..4 (data.datamodule.folds=5)"),
 ])
 def test_config_errors_surface_before_synthesis(tmp_path, override, expected):
     """A fresh folder: synthesis would write datasets/ first; the error must come before it."""
