@@ -30,7 +30,6 @@ from brainbench.config import CONFIG_MODULE
 from brainbench.config import compose as compose_train
 from brainbench.config import register
 from brainbench.pipeline import build_parts, loader_settings, prepare_datamodule
-from brainbench.training.fit import load_net_weights
 from tests.helpers import TINY
 from tests.helpers import run_cli as brainbench
 
@@ -73,7 +72,9 @@ def validation_by_hand(checkpoint: Path) -> tuple[float, float]:
     cfg = compose_train(TINY)
     parts = build_parts(cfg)
     datamodule, _, _ = prepare_datamodule(cfg, parts)
-    load_net_weights(parts.net, checkpoint)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    parts.net.load_state_dict({key.removeprefix("net."): value for key, value in state.items()
+                               if key.startswith("net.")})
     cross_entropy, voxels, counts = 0.0, 0, torch.zeros(3)
     with torch.no_grad():
         for inputs, target in datamodule.val_dataloader():
