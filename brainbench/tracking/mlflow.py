@@ -32,7 +32,6 @@ from brainbench.evaluation.protocols import METRIC_UNITS
 from brainbench.evaluation.ranking import rule_for
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-RUN_TAGS = ("challenge", "edition", "model", "seed", "data_source", "git_commit")
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 """File in a multirun's sweep folder holding the parent run's id, written before any job starts."""
 RUN_LOCAL_KEYS = ("paths.output_dir", "resume", "logger.tracking_uri", "logger.parent_run_id", "from_run",
