@@ -209,3 +209,42 @@ def test_the_tiny_schedule_composes_with_every_experiment_a_table_runs(experimen
     real = compose([f"experiment={experiment}", "data.root=/data", *schedule_overrides("tiny", experiment, "real")])
     assert real.data.source == "real" and real.trainer.max_epochs == 1
     assert schedule_overrides("full", experiment, "real") == []
+
+
+ARCHITECTURES = SPEC.parent / "architectures.md"
+CHALLENGES = SPEC.parent / "challenges.md"
+
+
+@pytest.mark.skipif(not ARCHITECTURES.is_file(), reason="specs/architectures.md is not in this checkout")
+@pytest.mark.parametrize("table", ["havaei2017-table2", "pereira2016-brats2013", "kamnitsas2017-brats2015"])
+def test_the_papers_own_tables_render_every_row_the_specs_give(store, tmp_path, table):
+    """Each printed Dice triple is the spec's (read here from the spec text), every row keeps its place with
+    its published values, and a row whose experiment has no run yet says so."""
+    assert reproduce(table, "--collect-only", "--tracking-uri", f"sqlite:///{store / 'mlflow.db'}",
+                     "--out-dir", str(tmp_path)) == 0
+    header, rows = rendered_rows((tmp_path / f"{table}.md").read_text())
+    spec = ARCHITECTURES.read_text(encoding="utf-8") + CHALLENGES.read_text(encoding="utf-8")
+    assert len(rows) == len(REVIEW_TABLES[table].rows)
+    for row in rows:
+        cells = dict(zip(header, row))
+        printed = [cells[column] for column in ("Dice complete", "Dice core", "Dice enhancing")]
+        percent = [f"{float(v) * 100:.1f}".removesuffix(".0") for v in printed]
+        as_in_spec = {separator.join(values) for separator in ("/", " / ") for values in (printed, percent)}
+        assert any(text in spec for text in as_in_spec), printed
+        assert cells["Published"] == f"WT dice {float(printed[0]):g}; TC dice {float(printed[1]):g}; " \
+                                     f"ET dice {float(printed[2]):g}"
+        assert cells["Reproduced: mean±SD (n runs)"].endswith("not run")
+
+
+def test_dous_table_keeps_the_screening_row_it_cannot_run(store, tmp_path):
+    """Both printed sensitivities are the spec's; the cascade row is reproducible, the screening-stage row says why not."""
+    assert reproduce("dou2016-cmb", "--collect-only", "--tracking-uri", f"sqlite:///{store / 'mlflow.db'}",
+                     "--out-dir", str(tmp_path)) == 0
+    header, rows = rendered_rows((tmp_path / "dou2016-cmb.md").read_text())
+    cells = [dict(zip(header, row)) for row in rows]
+    spec = ARCHITECTURES.read_text(encoding="utf-8")
+    assert [c["Sensitivity as printed"] for c in cells] == ["93.16 %", "98.29 %"]
+    assert "93.16%" in spec and "98.29%" in spec
+    assert [c["Published"] for c in cells] == ["microbleed sensitivity 0.9316 [text]", "microbleed sensitivity 0.9829"]
+    assert cells[0]["Reproduced: mean±SD (n runs)"] == "not run"
+    assert cells[1]["Reproduced: mean±SD (n runs)"].startswith("cannot run: brainbench scores the whole cascade")
