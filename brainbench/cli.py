@@ -349,8 +349,7 @@ def _experiment_board(args: argparse.Namespace, uri: str):
     print_leaderboard(table, title, cell_legend(metrics))
     repeated = configurations(runs).duplicated().any()  # folds or seeds of one configuration: aggregate them
     if repeated:
-        aggregated = aggregate_runs(runs.assign(**{"tags.variant": configurations(runs)}), list(edition.regions),
-                                    metrics)
+        aggregated = aggregate_runs(runs, configurations(runs), list(edition.regions), metrics)
         print_leaderboard(aggregated, f"{title}: configurations over folds × seeds", aggregate_legend(metrics))
     if args.out:
         write_atomic(args.out, lambda tmp: tmp.write_text(to_markdown(table, title, [cell_legend(metrics)])))

@@ -37,7 +37,7 @@ from torch import nn
 import brainbench
 from brainbench.challenges import Case, ChallengeAdapter, Edition
 from brainbench.data.cache import PreprocessedCache
-from brainbench.data.datamodule import BrainSegmentationDataModule
+from brainbench.data.datamodule import BrainSegmentationDataModule, check_fold
 from brainbench.data.preprocess import as_pipeline
 from brainbench.data.provenance import check_source
 from brainbench.errors import BrainbenchConfigError, BrainbenchError
@@ -49,17 +49,13 @@ from brainbench.evaluation.protocols import protocol_for
 from brainbench.inference.device import InferenceSettings, resolve_device
 from brainbench.inference.predict import Predictions, predict_cases
 from brainbench.io import existing_dir
-from brainbench.tracking.mlflow import (config_hash, download_run_model, ensure_experiment, flatten, git_commit,
+from brainbench.tracking.mlflow import (MODEL_ARTIFACTS, config_hash, download_run_model, ensure_experiment, flatten, git_commit,
                                         runs_frame, runs_to_frame, runs_with_hash, sweep_parent_run,
                                         variant_label)
 from brainbench.training.fit import RunLogger, fit_phases
 from brainbench.training.phases import GradeSubset, Phase
 
 log = logging.getLogger(__name__)
-WEIGHTS_FILE = "weights.pt"
-"""The net's final ``state_dict``, logged under the run's ``model/`` artifacts."""
-PREPROCESS_FILE = "preprocess.json"
-"""The preprocessing stages' configs with what the learning stages fitted on the training cases."""
 
 
 @dataclass
@@ -152,7 +148,8 @@ def build_parts(cfg: DictConfig) -> RunParts:
     edition = adapter.edition
     protocol_for(edition)
     check_data_config(cfg.data, edition)
-    check_fold(cfg)
+    if cfg.get("fold") is not None:
+        check_fold(cfg.fold, cfg.data.datamodule.get("folds", 5))
     # bad optimiser/scheduler arguments fail here, before any data work
     optimizer = _build(cfg, "model.optimizer", predictor.net.parameters())
     if cfg.model.get("scheduler"):
@@ -238,17 +235,6 @@ class LaunchInfo:
         return cls(experiment=str(hydra_cfg.runtime.choices.get("experiment") or "none"),
                    overrides=tuple(hydra_cfg.overrides.task),
                    sweep_dir=str(Path(hydra_cfg.sweep.dir)) if multirun else None)
-
-
-def check_fold(cfg: DictConfig) -> None:
-    """``fold`` is null or one of the ``data.datamodule.folds`` folds (checked before any data work)."""
-    fold, folds = cfg.get("fold"), cfg.data.datamodule.get("folds", 5)
-    if fold is None:
-        return
-    if not isinstance(folds, int) or folds < 2:
-        raise BrainbenchConfigError(f"data.datamodule.folds must be an integer ≥ 2, got {folds!r}")
-    if not isinstance(fold, int) or not 0 <= fold < folds:
-        raise BrainbenchConfigError(f"fold={fold!r} is outside 0..{folds - 1} (data.datamodule.folds={folds})")
 
 
 def train(cfg: DictConfig) -> float:
@@ -359,11 +345,11 @@ def log_run_files(client: MlflowClient, run_id: str, output_dir: Path, parts: Ru
                   datamodule: BrainSegmentationDataModule) -> None:
     """What a later ``predict --run`` / ``train --from-run`` needs: the net's final weights, the fitted
     preprocessing, each phase's last checkpoint, the stored splits and Hydra's composed config."""
-    model_dir = output_dir / "model"
-    model_dir.mkdir(exist_ok=True)
-    torch.save(parts.net.state_dict(), model_dir / WEIGHTS_FILE)
-    (model_dir / PREPROCESS_FILE).write_text(json.dumps(datamodule.cache.preprocessor.config(), indent=1))
-    client.log_artifacts(run_id, str(model_dir), "model")
+    weights, preprocess = (output_dir / MODEL_ARTIFACTS[key] for key in ("weights", "preprocess"))
+    weights.parent.mkdir(exist_ok=True)
+    torch.save(parts.net.state_dict(), weights)
+    preprocess.write_text(json.dumps(datamodule.cache.preprocessor.config(), indent=1))
+    client.log_artifacts(run_id, str(weights.parent), weights.parent.name)
     for checkpoint in sorted((output_dir / "checkpoints").rglob("last.ckpt")):
         client.log_artifact(run_id, str(checkpoint), str(checkpoint.parent.relative_to(output_dir)))
     if datamodule.splits_file is not None:

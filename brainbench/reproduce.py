@@ -365,7 +365,7 @@ def target_results(runs: pd.DataFrame, target: Target) -> list[TargetResult]:
         group = runs[sources == source]
         regions = list(dict.fromkeys(m.region for m in target.measures))
         metrics = list(dict.fromkeys(m.metric for m in target.measures))
-        cells = aggregate_runs(group, regions, metrics, by="tags.experiment")
+        cells = aggregate_runs(group, group["tags.experiment"], regions, metrics)
         if cells.empty:
             continue
         row = cells.iloc[0]

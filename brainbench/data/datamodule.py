@@ -66,8 +66,7 @@ class CrossValidationSplits:
     @classmethod
     def deal(cls, case_ids: list[str], test_fraction: float, folds: int, seed: int,
              subjects: Mapping[str, str] | None = None) -> CrossValidationSplits:
-        if folds < 2:
-            raise BrainbenchConfigError(f"data.datamodule.folds must be at least 2, got {folds}")
+        check_fold(None, folds)
         subject_of, order, n_test = _shuffled_subjects(case_ids, test_fraction, seed, subjects)
         rest = order[n_test:]
         if len(rest) < folds + 1:
@@ -78,9 +77,7 @@ class CrossValidationSplits:
 
     def split(self, fold: int) -> CaseSplit:
         """Train on every fold but ``fold``, validate on ``fold``, test on the held-out set."""
-        if not 0 <= fold < len(self.folds):
-            raise BrainbenchConfigError(f"fold={fold} is outside 0..{len(self.folds) - 1} "
-                                        f"(data.datamodule.folds={len(self.folds)})")
+        check_fold(fold, len(self.folds))
         train = sorted(case for i, cases in enumerate(self.folds) if i != fold for case in cases)
         return CaseSplit(train=tuple(train), val=self.folds[fold], test=self.test)
 
@@ -114,6 +111,15 @@ class CrossValidationSplits:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: tmp.write_text(json.dumps({**splits.to_json(), "key": key}, indent=1)))
         return splits, path
+
+
+def check_fold(fold: int | None, folds: int) -> None:
+    """``folds`` is an integer ≥ 2 and ``fold``, when given, one of them (one-line config errors, which the
+    pipeline raises before any data work)."""
+    if not isinstance(folds, int) or folds < 2:
+        raise BrainbenchConfigError(f"data.datamodule.folds must be at least 2, got {folds!r}")
+    if fold is not None and (not isinstance(fold, int) or not 0 <= fold < folds):
+        raise BrainbenchConfigError(f"fold={fold!r} is outside 0..{folds - 1} (data.datamodule.folds={folds})")
 
 
 def _shuffled_subjects(case_ids: list[str], test_fraction: float, seed: int, subjects: Mapping[str, str] | None

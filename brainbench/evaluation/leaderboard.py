@@ -99,11 +99,11 @@ def leaderboard_table(runs: pd.DataFrame, regions: Sequence[str], metrics: Seque
     return pd.DataFrame(rows)
 
 
-def aggregate_runs(runs: pd.DataFrame, regions: Sequence[str], metrics: Sequence[str], prefix: str = "test",
-                   by: str = "tags.variant") -> pd.DataFrame:
-    """One row per configuration (``by``, e.g. a sweep job's overrides without seed and fold): for each
-    region × metric, ``mean±SD (n)`` over its runs of each run's mean over test cases — the spread
-    over folds and seeds, the number cross-validated papers report.
+def aggregate_runs(runs: pd.DataFrame, configurations: pd.Series, regions: Sequence[str], metrics: Sequence[str],
+                   prefix: str = "test") -> pd.DataFrame:
+    """One row per configuration (``configurations``: a label per run, e.g. a sweep job's overrides without
+    seed and fold): for each region × metric, ``mean±SD (n)`` over its runs of each run's mean over test
+    cases — the spread over folds and seeds, the number cross-validated papers report.
 
     ``runs`` is :func:`brainbench.tracking.mlflow.runs_frame`-shaped; runs without the summary metric
     are left out.
@@ -111,8 +111,8 @@ def aggregate_runs(runs: pd.DataFrame, regions: Sequence[str], metrics: Sequence
     key = f"metrics.{prefix}/{regions[0]}/{metrics[0]}/mean"
     if key not in runs:
         return pd.DataFrame(columns=["configuration", "runs", "folds", "seeds", "data"])
-    runs = runs[runs[key].notna()]
-    labels = runs[by].fillna("default") if by in runs else pd.Series("default", index=runs.index)
+    kept = runs[key].notna()
+    runs, labels = runs[kept], configurations[kept].fillna("default")
     rows = []
     for label, group in runs.groupby(labels, sort=False):
         row = {"configuration": label, "runs": len(group),

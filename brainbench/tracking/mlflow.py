@@ -32,6 +32,8 @@ from brainbench.evaluation.protocols import METRIC_UNITS
 from brainbench.evaluation.ranking import rule_for
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+MODEL_ARTIFACTS = {"weights": "model/weights.pt", "preprocess": "model/preprocess.json"}
+"""A run's model: the net's final ``state_dict`` and the preprocessing stages with what they fitted."""
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 """File in a multirun's sweep folder holding the parent run's id, written before any job starts."""
 RUN_LOCAL_KEYS = ("paths.output_dir", "resume", "logger.tracking_uri", "logger.parent_run_id", "from_run",
@@ -73,13 +75,13 @@ class SweepTracking(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not self.parent_run_id:
             overrides = list(config.hydra.overrides.task)
-            client = MlflowClient(tracking_uri=self.tracking_uri)
+            client, commit = MlflowClient(tracking_uri=self.tracking_uri), git_commit()
             run = client.create_run(experiment_id, run_name=f"sweep-{sweep_dir.name}", tags={
                 "kind": "sweep", "sweep.overrides": " ".join(overrides)[:5000],
                 "sweep.launcher": str(config.hydra.launcher.get("_target_", "")),
                 "sweep.sweeper": str(config.hydra.sweeper.get("_target_", "")),
                 "mlflow.note.content": "Hydra multirun: brainbench train -m " + " ".join(overrides),
-                "git_commit": git_commit(), "mlflow.source.git.commit": git_commit()})
+                "git_commit": commit, "mlflow.source.git.commit": commit})
             self.parent_run_id, self.created = run.info.run_id, True
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(self.parent_run_id)
@@ -254,8 +256,7 @@ def sweep_board_files(tracking_uri: str, children: Sequence, out_dir: Path) -> l
         except BrainbenchError:  # a cohort declared in a user's YAML file: no declaration to read here
             continue
         folder, metrics = out_dir / edition.name, headline_metrics(edition)
-        table = aggregate_runs(edition_runs.assign(**{"tags.variant": configurations(edition_runs)}),
-                               list(edition.regions), metrics)
+        table = aggregate_runs(edition_runs, configurations(edition_runs), list(edition.regions), metrics)
         title = f"Sweep leaderboard — {edition.name} ({edition.protocol} protocol), folds × seeds aggregated"
         files += write_tables(table, folder, title, [aggregate_legend(metrics)])
         pooled = pooled_case_metrics(tracking_uri, edition_runs)
@@ -281,8 +282,7 @@ def download_run_model(tracking_uri: str, run_id: str, folder: Path, hydra_confi
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
         raise BrainbenchError(f"{tracking_uri}: no run {run_id!r} in this MLflow store") from None
-    wanted = {"hydra": "hydra/config.yaml"} if hydra_config else {
-        "config": "config.yaml", "weights": "model/weights.pt", "preprocess": "model/preprocess.json"}
+    wanted = {"hydra": "hydra/config.yaml"} if hydra_config else {"config": "config.yaml", **MODEL_ARTIFACTS}
     folder.mkdir(parents=True, exist_ok=True)
     found = {}
     for key, artifact in wanted.items():
