@@ -27,7 +27,7 @@ demo: setup
 # gives each worker its share of the cores' threads and starts the modules with slow end-to-end tests first.
 test: setup
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=25 -n auto --dist loadscope
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=25 -n auto --dist loadscope --nbmake
 
 clean-runs:
-	rm -rf runs mlflow.db datasets/synthetic datasets/.cache
+	rm -rf runs mlflow.db mlartifacts datasets/synthetic datasets/.cache

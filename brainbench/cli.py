@@ -123,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     board.add_argument("--log-to-mlflow", action="store_true",
                        help="log the files as artifacts of a new run tagged kind=leaderboard")
     board.set_defaults(handler=_leaderboard)
+
+    models = commands.add_parser("models", help="model cards: paper, geometry, receptive field, parameter counts, "
+                                                "recipe and reconstructed values of each model")
+    models.add_argument("names", nargs="*", metavar="NAME", help="models to show, e.g. deepmedic (default: all)")
+    models.add_argument("--markdown", action="store_true", help="print Markdown sections instead of tables")
+    models.set_defaults(handler=_models)
     return parser
 
 
@@ -243,10 +249,34 @@ def _data_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace) -> int:
+    """Each model composed for the edition of its paper, its full-width net built (a few seconds in all)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from brainbench.cards import model_cards
+    from brainbench.config import compose
+
+    cards = model_cards(args.names or None, compose=compose)
+    if args.markdown:
+        print("\n".join(card.to_markdown() for card in cards), end="")
+        return 0
+    console = Console(width=160)
+    for card in cards:
+        table = Table(title=f"{card.name}: {card.title}", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        for field, value in [*card.rows(), ("Reconstructions", "\n".join(card.reconstruction_lines()) or "none")]:
+            table.add_row(field, Text(value))  # plain text: "[M]" is an evidence tag, not rich markup
+        console.print(table)
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from brainbench.challenges import get_edition
     from brainbench.evaluation.evaluate import evaluate_folders, write_metrics_csv
-    from brainbench.evaluation.leaderboard import summary_metrics
+    from brainbench.evaluation.leaderboard import case_statistics
     from brainbench.evaluation.protocols import input_policy_note, protocol_for
 
     edition = get_edition(args.challenge)
@@ -262,9 +292,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     n_cases = result.metrics["case"].nunique() if len(result.metrics) else 0
     print(f"{n_cases} cases evaluated with the {edition.protocol} protocol → {args.out}")
     print(input_policy_note(result.input_policy, protocol))
-    for name, value in summary_metrics(result.metrics, prefix="mean").items():
-        if name.endswith("/mean"):
-            print(f"  {name.removeprefix('mean/').removesuffix('/mean'):<22} {value:.4f}")
+    for row in case_statistics(result.metrics).itertuples():
+        print(f"  {row.region + '/' + row.metric:<22} {row.mean:.4f}")
     return 0
 
 
@@ -328,8 +357,8 @@ def _experiment_board(args: argparse.Namespace, uri: str):
     The edition is ``--challenge`` or the one the runs are tagged with (one edition per experiment).
     """
     from brainbench.challenges import get_edition
-    from brainbench.evaluation.leaderboard import (aggregate_legend, aggregate_runs, cell_legend, headline_metrics,
-                                                   leaderboard_table, print_leaderboard, rank_teams, to_markdown)
+    from brainbench.evaluation.leaderboard import (aggregate_legend, aggregate_runs, headline_metrics, leaderboard_table,
+                                                   mean_legend, print_leaderboard, rank_teams, to_markdown)
     from brainbench.evaluation.ranking import rule_for
     from brainbench.io import write_atomic
     from brainbench.tracking.mlflow import configurations, experiment_case_metrics, pooled_case_metrics, runs_frame
@@ -346,13 +375,13 @@ def _experiment_board(args: argparse.Namespace, uri: str):
     metrics = headline_metrics(edition)
     table = leaderboard_table(runs, list(edition.regions), metrics)
     title = f"Leaderboard — experiment {args.experiment}"
-    print_leaderboard(table, title, cell_legend(metrics))
+    print_leaderboard(table, title, mean_legend(metrics))
     repeated = configurations(runs).duplicated().any()  # folds or seeds of one configuration: aggregate them
     if repeated:
         aggregated = aggregate_runs(runs, configurations(runs), list(edition.regions), metrics)
         print_leaderboard(aggregated, f"{title}: configurations over folds × seeds", aggregate_legend(metrics))
     if args.out:
-        write_atomic(args.out, lambda tmp: tmp.write_text(to_markdown(table, title, [cell_legend(metrics)])))
+        write_atomic(args.out, lambda tmp: tmp.write_text(to_markdown(table, title, [mean_legend(metrics)])))
     if not args.out_dir:
         return None
     rule = rule_for(edition)

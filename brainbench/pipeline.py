@@ -14,14 +14,11 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-import mlflow
-import mlflow.pytorch
-import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
@@ -35,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import brainbench
+from brainbench.cards import card_for, parameter_counts
 from brainbench.challenges import Case, ChallengeAdapter, Edition
 from brainbench.data.cache import PreprocessedCache
 from brainbench.data.datamodule import BrainSegmentationDataModule, check_fold
@@ -42,16 +40,18 @@ from brainbench.data.preprocess import as_pipeline
 from brainbench.data.provenance import check_source
 from brainbench.errors import BrainbenchConfigError, BrainbenchError
 from brainbench.evaluation.evaluate import evaluate_folders, write_metrics_csv
-from brainbench.evaluation.leaderboard import (cell_legend, headline_metrics, leaderboard_table, print_leaderboard,
-                                               summary_metrics, to_markdown)
-from brainbench.evaluation.plots import overlay_png
-from brainbench.evaluation.protocols import protocol_for
+from brainbench.evaluation.leaderboard import (case_statistics, cell_legend, headline_metrics, headline_values,
+                                               metric_key, print_leaderboard, statistics_table)
+from brainbench.evaluation.plots import case_metric_figure, learning_curves_figure, overlay_figure, save_figure
+from brainbench.evaluation.protocols import METRIC_UNITS, protocol_for
 from brainbench.inference.device import InferenceSettings, resolve_device
 from brainbench.inference.predict import Predictions, predict_cases
-from brainbench.io import existing_dir
-from brainbench.tracking.mlflow import (MODEL_ARTIFACTS, config_hash, download_run_model, ensure_experiment, flatten, git_commit,
-                                        runs_frame, runs_to_frame, runs_with_hash, sweep_parent_run,
-                                        variant_label)
+from brainbench.io import existing_dir, load_label, load_volume
+from brainbench.progress import quiet, run_log, set_quiet
+from brainbench.tracking.mlflow import (MODEL_ARTIFACTS, config_hash, download_run_model, ensure_experiment, git_commit,
+                                        log_dataset, log_model, metric_history, moved_artifact_location, run_params,
+                                        runs_table_url, runs_with_hash, save_comparison_view, sweep_parent_run,
+                                        variant_label, variant_overrides)
 from brainbench.training.fit import RunLogger, fit_phases
 from brainbench.training.phases import GradeSubset, Phase
 
@@ -198,14 +198,6 @@ def grade_tag(requested: str, cases: Iterable[Case]) -> str:
     return f"{requested} + {ungraded} ungraded" if ungraded else requested
 
 
-def parameter_counts(net: nn.Module) -> dict[str, int]:
-    """Trainable parameters as PyTorch counts them, and as the paper counted them where that differs
-    (Havaei counts TwoPath's softmax layer once per class map, spec §1.8)."""
-    actual = sum(p.numel() for p in net.parameters())
-    paper = net.paper_parameter_count() if hasattr(net, "paper_parameter_count") else actual
-    return {"model/parameters_actual": actual, "model/parameters_paper_convention": paper}
-
-
 def loader_settings(num_workers: int | str, training_device: torch.device) -> dict[str, int | bool]:
     """DataLoader workers and pinned memory. ``auto``: no worker process when training on the CPU
     (workers would take cores from the training threads), ``min(8, cores - 1)`` on an accelerator so
@@ -234,83 +226,144 @@ class LaunchInfo:
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         return cls(experiment=str(hydra_cfg.runtime.choices.get("experiment") or "none"),
                    overrides=tuple(hydra_cfg.overrides.task),
-                   sweep_dir=str(Path(hydra_cfg.sweep.dir)) if multirun else None)
+                   sweep_dir=str(Path(hydra_cfg.sweep.dir).resolve()) if multirun else None)
+
+
+RUN_LOG = "run.log"
+"""The run's log file in its folder (brainbench's and Lightning's messages, warnings), logged to MLflow."""
+MODEL_CARD = "model_card.md"
+TRAINING_CURVES = ("train_", "val_")
+"""Prefixes of the per-epoch metrics the learning-curve figure draws (a phase's are ``<phase>-train_…``)."""
 
 
 def train(cfg: DictConfig) -> float:
     """Run ``cfg`` end to end; return the sweep objective: the last value of ``optimized_metric`` (default:
-    the test mean Dice of the edition's first region).
+    the test mean Dice of the edition's first region, ``dice_<region>``).
 
-    With ``resume=true`` a run whose config (:func:`config_hash`) already finished is not run again (its
-    objective is returned), and an unfinished one continues in its own MLflow run and folder from its
+    With ``resume=true`` a run whose config (:func:`config_hash`) and seed already finished is not run again
+    (its objective is returned), and an unfinished one continues in its own MLflow run and folder from its
     last checkpoint.
     """
-    pl.seed_everything(cfg.seed, workers=True)  # first: building the net draws its initial weights
+    if cfg.get("quiet"):
+        set_quiet(True)
+    if quiet():  # the consoles Hydra (conf/hydra/job_logging) and MLflow set up show warnings only
+        for handler in (*logging.getLogger().handlers, *logging.getLogger("mlflow").handlers):
+            if type(handler) is logging.StreamHandler:
+                handler.setLevel(logging.WARNING)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # first: building the net draws its initial weights
     parts = build_parts(cfg)
     edition = parts.adapter.edition
-    objective = cfg.get("optimized_metric") or f"test/{next(iter(edition.regions))}/dice/mean"
+    objective = cfg.get("optimized_metric") or metric_key("dice", next(iter(edition.regions)))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     identity, launch = config_hash(resolved), LaunchInfo.current()
     uri = cfg.logger.tracking_uri
-    previous = runs_with_hash(uri, cfg.logger.experiment_name, identity) if cfg.get("resume") else []
+    previous = runs_with_hash(uri, cfg.logger.experiment_name, identity, cfg.seed) if cfg.get("resume") else []
     done = [run for run in previous if run.info.status == "FINISHED"]
     sweep = sweep_tags(cfg, launch)
     if done:
-        print(f"Skipped: run {done[0].info.run_id} ({done[0].info.run_name}) already finished this config "
-              f"(hash {identity}); resume=false runs it again")
+        log.info("Skipped: run %s (%s) already finished this config (hash %s, seed %s); resume=false runs it again",
+                 done[0].info.run_id, done[0].info.run_name, identity, cfg.seed)
         adopt(uri, done[0].info.run_id, sweep)
         return done[0].data.metrics.get(objective, float("nan"))
     resumed = previous[0] if previous else None
     output_dir = Path(resumed.data.tags.get("output_dir", cfg.paths.output_dir) if resumed else cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    datamodule, root, data_source = prepare_datamodule(cfg, parts)
-    print(f"Data source: {data_source} ({root})")
-    ensure_experiment(uri, cfg.logger.experiment_name)
-    client = MlflowClient(tracking_uri=uri)
-    if resumed:
-        print(f"Resuming run {resumed.info.run_id} ({resumed.info.run_name}) from {output_dir / 'checkpoints'}")
-        client.update_run(resumed.info.run_id, status="RUNNING")
-        adopt(uri, resumed.info.run_id, sweep)
-        logger = RunLogger(tracking_uri=uri, run_id=resumed.info.run_id, log_model=False)
-    else:
-        logger = RunLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=uri, run_name=cfg.run_name,
-                           tags={**run_tags(cfg, edition, datamodule, data_source, identity, launch, output_dir),
-                                 **sweep},
-                           log_model=False)
-        logger.log_hyperparams({**flatten(resolved), **parameter_counts(parts.net),
-                                "inference/device_used": str(parts.inference.device),
-                                "inference/precision_used": parts.inference.precision})
-    try:
-        fit_phases(cfg, parts.phases, parts.net, parts.loss, datamodule, logger, output_dir, edition.n_classes)
-        test_cases = datamodule.test_cases()
-        predictions = parts.segment(test_cases, output_dir / "predictions")
-        _evaluate_and_log(cfg, edition, test_cases, predictions, output_dir, client, logger.run_id, data_source)
-        log_run_files(client, logger.run_id, output_dir, parts, datamodule)
-        if cfg.logger.get("register_model"):
-            register_model(uri, logger.run_id, parts.net, cfg.logger.register_model)
-    except BaseException:
-        client.set_terminated(logger.run_id, "FAILED")
-        raise
-    client.set_terminated(logger.run_id, "FINISHED")
-    metrics = client.get_run(logger.run_id).data.metrics  # each metric's last value
+    with run_log(output_dir / RUN_LOG):
+        run_id = _tracked_run(cfg, parts, resolved, identity, launch, sweep, resumed, output_dir)
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    log.info("Compare runs: %s", runs_table_url(uri, run.info.experiment_id))
+    metrics = run.data.metrics  # each metric's last value
     if objective not in metrics:
         log.warning("optimized_metric %s was not logged (logged: %s); the sweeper gets NaN", objective,
                     ", ".join(sorted(metrics)))
     return metrics.get(objective, float("nan"))
 
 
+def _tracked_run(cfg: DictConfig, parts: RunParts, resolved: dict, identity: str, launch: LaunchInfo,
+                 sweep: dict[str, str], resumed, output_dir: Path) -> str:
+    """Data → fit → predict → evaluate in one MLflow run (new, or the resumed one); returns its id. The run
+    is closed FINISHED or FAILED, with the run's log file as it stands."""
+    edition, uri = parts.adapter.edition, cfg.logger.tracking_uri
+    datamodule, root, data_source = prepare_datamodule(cfg, parts)
+    log.info("Data source: %s (%s)", data_source, root)
+    experiment_id = ensure_experiment(uri, cfg.logger.experiment_name)
+    if warning := moved_artifact_location(uri, experiment_id):
+        log.warning(warning)
+    save_comparison_view(uri, experiment_id, [metric_key(metric, region) for metric in headline_metrics(edition)
+                                              for region in edition.regions])
+    client = MlflowClient(tracking_uri=uri)
+    card = card_for(cfg, parts.net).to_markdown()
+    if resumed:
+        log.info("Resuming run %s (%s) from %s", resumed.info.run_id, resumed.info.run_name, output_dir / "checkpoints")
+        client.update_run(resumed.info.run_id, status="RUNNING")
+        adopt(uri, resumed.info.run_id, sweep)
+        logger = RunLogger(tracking_uri=uri, run_id=resumed.info.run_id, log_model=False)
+    else:
+        tags = {**run_tags(cfg, edition, datamodule, data_source, identity, launch, output_dir), **sweep,
+                "mlflow.note.content": card}
+        logger = RunLogger(experiment_name=cfg.logger.experiment_name, tracking_uri=uri,
+                           run_name=run_name(cfg.run_name, launch.overrides), tags=tags, log_model=False)
+        logger.log_hyperparams({**run_params(resolved), **parameter_counts(parts.net),
+                                "inference/device_used": str(parts.inference.device),
+                                "inference/precision_used": parts.inference.precision})
+        log_datasets(uri, logger.run_id, datamodule, edition, data_source)
+    try:
+        fit_phases(cfg, parts.phases, parts.net, parts.loss, datamodule, logger, output_dir, edition.n_classes)
+        test_cases = datamodule.test_cases()
+        predictions = parts.segment(test_cases, output_dir / "predictions")
+        _evaluate_and_log(cfg, edition, test_cases, predictions, output_dir, client, logger.run_id, data_source)
+        log_run_files(client, logger.run_id, output_dir, parts, datamodule, card)
+        log_model(uri, logger.run_id, parts.net.cpu(), brainbench.__version__, cfg.logger.get("register_model"))
+    except BaseException:
+        _log_if_present(client, logger.run_id, output_dir / RUN_LOG)
+        client.set_terminated(logger.run_id, "FAILED")
+        raise
+    _log_if_present(client, logger.run_id, output_dir / RUN_LOG)
+    client.set_terminated(logger.run_id, "FINISHED")
+    return logger.run_id
+
+
+def _log_if_present(client: MlflowClient, run_id: str, path: Path) -> None:
+    if path.is_file():
+        client.log_artifact(run_id, str(path))
+
+
+def run_name(base: str, overrides: Sequence[str]) -> str:
+    """The run's name: ``base`` (model, edition, fold, seed) and the job's settings that differ from the
+    defaults (its command-line overrides without seed, fold and tracking; a dotted key by its last part,
+    ``trainer.max_epochs=6`` as ``max_epochs=6``), so that runs of different configurations never look
+    alike in the runs table. Paths and the choices ``base`` already names are left out; the full overrides
+    are the ``variant`` tag."""
+    shown = [f"{key.rsplit('.', 1)[-1]}={value}" for key, _, value in
+             (setting.partition("=") for setting in variant_overrides(overrides))
+             if "/" not in value and value not in base.split("-")]
+    return " ".join([base, *shown])
+
+
 def run_tags(cfg: DictConfig, edition: Edition, datamodule: BrainSegmentationDataModule, data_source: str,
              identity: str, launch: LaunchInfo, output_dir: Path) -> dict[str, str]:
-    """The tags that say what a run is: its edition, model, seed, fold, data and config."""
-    commit = git_commit()
+    """The tags that say what a run is: its edition, model, seed, fold, data and configuration."""
     return {"challenge": edition.challenge, "edition": edition.name, "model": cfg.model.name,
             "seed": str(cfg.seed), "fold": "none" if cfg.get("fold") is None else str(cfg.fold),
             "folds": "none" if cfg.get("fold") is None else str(cfg.data.datamodule.folds),
             "experiment": launch.experiment, "variant": variant_label(launch.overrides),
             "data_source": data_source, "config_hash": identity, "output_dir": str(output_dir.resolve()),
-            "git_commit": commit, "mlflow.source.git.commit": commit,
+            "mlflow.source.git.commit": git_commit(),
+            **({"overrides": " ".join(launch.overrides)[:5000]} if launch.overrides else {}),
             **({"from_run": str(cfg.from_run)} if cfg.get("from_run") else {}),
             **({"grade": grade_tag(cfg.model.grade, datamodule.cases.values())} if cfg.model.get("grade") else {})}
+
+
+def log_datasets(tracking_uri: str, run_id: str, datamodule: BrainSegmentationDataModule, edition: Edition,
+                 data_source: str) -> None:
+    """The run's training, validation and test cases as MLflow dataset inputs (one row per case: its files)."""
+    for context, ids in (("training", datamodule.split.train), ("validation", datamodule.split.val),
+                         ("test", datamodule.split.test)):
+        cases = pd.DataFrame([{"case": cid, **{f"image_{name}": str(path) for name, path in
+                                               datamodule.cases[cid].images.items()},
+                               "label": str(datamodule.cases[cid].label)} for cid in ids])
+        log_dataset(tracking_uri, run_id, cases, datamodule.root.resolve().as_uri(),
+                    f"{edition.name} ({data_source})", context)
 
 
 def sweep_tags(cfg: DictConfig, launch: LaunchInfo) -> dict[str, str]:
@@ -330,21 +383,11 @@ def adopt(tracking_uri: str, run_id: str, sweep: dict[str, str]) -> None:
         client.set_tag(run_id, key, value)
 
 
-def register_model(tracking_uri: str, run_id: str, net: nn.Module, name: str) -> None:
-    """Log the trained net as an MLflow model of the run and register it as a new version of ``name``
-    (``logger.register_model``), loadable with ``mlflow.pytorch.load_model("models:/<name>/<version>")``
-    wherever brainbench is installed (the module is pickled: load only models you trust)."""
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(net.cpu(), name="model", registered_model_name=name,
-                                 pip_requirements=[f"brainbench=={brainbench.__version__}"],
-                                 serialization_format="pickle")
-
-
 def log_run_files(client: MlflowClient, run_id: str, output_dir: Path, parts: RunParts,
-                  datamodule: BrainSegmentationDataModule) -> None:
+                  datamodule: BrainSegmentationDataModule, card: str) -> None:
     """What a later ``predict --run`` / ``train --from-run`` needs: the net's final weights, the fitted
-    preprocessing, each phase's last checkpoint, the stored splits and Hydra's composed config."""
+    preprocessing, each phase's last checkpoint, the stored splits and Hydra's composed config; and the
+    model card."""
     weights, preprocess = (output_dir / MODEL_ARTIFACTS[key] for key in ("weights", "preprocess"))
     weights.parent.mkdir(exist_ok=True)
     torch.save(parts.net.state_dict(), weights)
@@ -356,11 +399,15 @@ def log_run_files(client: MlflowClient, run_id: str, output_dir: Path, parts: Ru
         client.log_artifact(run_id, str(datamodule.splits_file))
     if (output_dir / ".hydra" / "config.yaml").is_file():
         client.log_artifacts(run_id, str(output_dir / ".hydra"), "hydra")
+    card_md = output_dir / MODEL_CARD
+    card_md.write_text(card)
+    client.log_artifact(run_id, str(card_md))
 
 
 def _evaluate_and_log(cfg: DictConfig, edition: Edition, test_cases, predictions: Predictions, output_dir: Path,
                       client: MlflowClient, run_id: str, data_source: str) -> None:
-    """Score the prediction files against the test cases' label files; log metrics, config and figures."""
+    """Score the prediction files against the test cases' label files; log the headline metrics (means over
+    cases, ``dice_WT``…), the per-case and per-statistic tables, the config and the figures."""
     references = {case.case_id: case.label for case, _ in test_cases}
     # strict: brainbench writes its own predictions in the edition's exact format, so any leniency an
     # organiser's scorer would grant would hide a bug here (for well-formed files both policies agree)
@@ -370,31 +417,49 @@ def _evaluate_and_log(cfg: DictConfig, edition: Edition, test_cases, predictions
         log.warning(problem)
     metrics_csv = write_metrics_csv(evaluation.metrics, output_dir / "metrics.csv",
                                     input_policy=evaluation.input_policy)
-    summary = summary_metrics(evaluation.metrics)
-    summary["test/inference_seconds_per_case"] = predictions.seconds_per_case
-    summary["test/n_cases"] = float(evaluation.metrics["case"].nunique()) if len(evaluation.metrics) else 0.0
+    statistics = case_statistics(evaluation.metrics)
+    summary = {**headline_values(statistics), "inference_seconds_per_case": predictions.seconds_per_case,
+               "n_test_cases": float(evaluation.metrics["case"].nunique()) if len(evaluation.metrics) else 0.0}
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in summary.items()])
+    client.log_table(run_id, evaluation.metrics[["case", "region", "metric", "value"]], "evaluation/per_case.json")
+    client.log_table(run_id, statistics, "evaluation/statistics.json")
 
     config_yaml = output_dir / "config.yaml"
     config_yaml.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    case, pre = test_cases[0]  # drawn on the preprocessed (array) grid, where image, label and prediction meet
-    region, labels = next(iter(edition.regions.items()))
-    overlay = overlay_png(np.asarray(pre.image[0]), np.isin(edition.decode_labels(pre.label), labels),
-                          np.isin(predictions.array_grid[0], labels), output_dir / f"overlay_{case.case_id}.png",
-                          title=f"{cfg.run_name} — {case.case_id} ({data_source} data), region {region}")
-
     metrics = headline_metrics(edition)
-    runs = runs_frame(cfg.logger.tracking_uri, cfg.logger.experiment_name)  # finished runs, and this one
-    if runs.empty or run_id not in set(runs["run_id"]):
-        runs = pd.concat([runs, runs_to_frame([client.get_run(run_id)])], ignore_index=True)
-    table = leaderboard_table(runs, list(edition.regions), metrics)
-    title = f"Leaderboard — experiment {cfg.logger.experiment_name} ({edition.name}, {edition.protocol} protocol)"
-    leaderboard_md = output_dir / "leaderboard.md"
-    leaderboard_md.write_text(to_markdown(table, title, [cell_legend(metrics)]))
-    for artifact in (config_yaml, metrics_csv, leaderboard_md, overlay):
-        client.log_artifact(run_id, str(artifact))
-    print_leaderboard(table, title, cell_legend(metrics))
+    figures = run_figures(cfg, edition, test_cases[0][0], predictions, evaluation.metrics, metrics, client, run_id,
+                          output_dir / "figures", data_source)
+    for artifact in (config_yaml, metrics_csv, *figures):
+        client.log_artifact(run_id, str(artifact), None if artifact.parent == output_dir else "figures")
+    print_leaderboard(statistics_table(statistics, list(edition.regions), metrics, data_source),
+                      f"Run {cfg.run_name} — {edition.name} ({edition.protocol} protocol), {data_source} data",
+                      cell_legend(metrics))
+
+
+def run_figures(cfg: DictConfig, edition: Edition, case: Case, predictions: Predictions, case_metrics: pd.DataFrame,
+                metrics: Sequence[str], client: MlflowClient, run_id: str, folder: Path,
+                data_source: str) -> list[Path]:
+    """The run's figures: the first test case's prediction after post-processing against its reference
+    (read back from the files that were evaluated, on the case's own grid), the learning curves, and the
+    per-case values of each headline metric per region. (Rank stability needs several configurations:
+    the sweep's parent run and ``brainbench leaderboard`` draw it.)"""
+    folder.mkdir(parents=True, exist_ok=True)
+    image, grid = load_volume(case.images[edition.reference_grid or next(iter(case.images))])  # the labels' grid
+    reference, _ = load_label(case.label)
+    prediction, _ = load_label(predictions.folder / f"{case.case_id}.nii.gz")
+    overlay = save_figure(overlay_figure(image, reference, prediction, edition.label_names, spacing=grid.spacing,
+                                         title=f"{cfg.run_name} — {case.case_id} ({data_source} data)"),
+                          folder / f"overlay_{case.case_id}.png")
+    keys = [key for key in client.get_run(run_id).data.metrics if key.split("-")[-1].startswith(TRAINING_CURVES)]
+    curves = save_figure(learning_curves_figure(metric_history(cfg.logger.tracking_uri, run_id, sorted(keys)),
+                                                title=f"{cfg.run_name}: learning curves"),
+                         folder / "learning_curves.png")
+    team = case_metrics.assign(team=cfg.run_name)
+    boxes = [save_figure(case_metric_figure(team, metric, [cfg.run_name], unit=METRIC_UNITS.get(metric, ""),
+                                            title=f"{cfg.run_name}: per-case {metric} ({data_source} data)"),
+                         folder / f"cases_{metric}.png") for metric in metrics]
+    return [overlay, curves, *boxes]
 
 
 def predict_from_run(tracking_uri: str, run_id: str, input_dir: Path, out_dir: Path, device: str | None = None,
@@ -420,7 +485,8 @@ def predict_from_run(tracking_uri: str, run_id: str, input_dir: Path, out_dir: P
         cases = predictor.adapter.discover(existing_dir(input_dir))
         cache = PreprocessedCache(cache_dir or Path(tmp) / "cache", predictor.preprocess)
         out_dir.mkdir(parents=True, exist_ok=True)
-        return predictor.segment([(case, cache.load(case, predictor.adapter)) for case in cases], out_dir)
+        loaded = cache.load_all(cases, predictor.adapter)
+        return predictor.segment([(case, loaded[case.case_id]) for case in cases], out_dir)
 
 
 def from_run_config(tracking_uri: str, run_id: str, folder: Path) -> Path:

@@ -52,7 +52,7 @@ OUTSIDE_FAMILIES = "a method outside brainbench's five implemented families"
 
 @dataclass(frozen=True)
 class Measure:
-    """One reproduced number: the run metric ``test/<region>/<metric>/mean`` and its name in the row."""
+    """One reproduced number: the run metric ``<metric>_<region>`` (a mean over test cases) and its name in the row."""
 
     label: str
     region: str
@@ -352,9 +352,9 @@ class TargetResult:
 def target_results(runs: pd.DataFrame, target: Target) -> list[TargetResult]:
     """One result per data source among ``target``'s runs (real first), empty without runs.
 
-    ``reproduced``: per measure, mean ± SD (n) over runs of each run's ``test/<region>/<metric>/mean``
+    ``reproduced``: per measure, mean ± SD (n) over runs of each run's ``<metric>_<region>``
     (:func:`brainbench.evaluation.leaderboard.aggregate_runs`); ``seconds``: the mean over runs of
-    ``test/inference_seconds_per_case``; ``cases``: the range of ``test/n_cases``.
+    ``inference_seconds_per_case``; ``cases``: the range of ``n_test_cases``.
     """
     runs = _selected(runs, target)
     if runs.empty:
@@ -369,11 +369,11 @@ def target_results(runs: pd.DataFrame, target: Target) -> list[TargetResult]:
         if cells.empty:
             continue
         row = cells.iloc[0]
-        seconds = group.get("metrics.test/inference_seconds_per_case")
+        seconds = group.get("metrics.inference_seconds_per_case")
         results.append(TargetResult(
             reproduced="; ".join(f"{m.label} {row[f'{m.region} {m.metric}'] or '—'}" for m in target.measures),
             runs=int(row["runs"]), data=DATA_SOURCES.get(source, source),
-            cases=_count_range(group.get("metrics.test/n_cases")),
+            cases=_count_range(group.get("metrics.n_test_cases")),
             seconds=f"{seconds.mean():.1f} s" if seconds is not None and seconds.notna().any() else "?"))
     return results
 
@@ -465,7 +465,7 @@ def table_notes(table: ReviewTable, runs: pd.DataFrame) -> list[str]:
                  "test set that most printed figures come from.")
     notes += table.notes
     if table.speed_column:
-        notes.append("brainbench time/case: mean over runs of test/inference_seconds_per_case on the machine that "
+        notes.append("brainbench time/case: mean over runs of inference_seconds_per_case on the machine that "
                      "ran them; the printed speeds are the teams' own, on their hardware.")
     return notes
 

@@ -74,12 +74,13 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The modules with slow end-to-end tests first, longest first as measured (`--durations`), then the
-    rest in their usual order: with ``--dist loadscope`` a module runs on one worker, so starting the long
+    """The modules (and notebooks) with slow end-to-end tests first, longest first as measured (`--durations`),
+    then the rest in their usual order: with ``--dist loadscope`` a module runs on one worker, so starting the long
     ones early keeps one worker from finishing them alone at the end."""
     first = ["tests/training/test_train_e2e.py", "tests/test_reproduce.py", "tests/training/test_train_2d.py",
              "tests/training/test_train_3d.py", "tests/training/test_train_families.py",
-             "tests/training/test_scale.py", "tests/training/test_resume.py"]
+             "tests/training/test_scale.py", "tests/training/test_resume.py", "notebooks/03_compare_runs.ipynb",
+             "tests/tracking/test_mlflow_ui.py", "notebooks/04_reproduce_a_table.ipynb", "notebooks/01_quickstart.ipynb"]
     rank = {name: index for index, name in enumerate(first)}
 
     def key(item):

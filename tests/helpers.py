@@ -154,9 +154,9 @@ def check_sweep_store(client: MlflowClient, workdir: Path) -> None:
     for run in children:
         metrics = run.data.metrics
         for region in ("WT", "TC", "ET"):
-            assert {f"test/{region}/{m}/{s}" for m in ("dice", "hd95") for s in ("mean", "std")} <= set(metrics)
-        assert metrics["test/n_cases"] == 1
-        assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2  # both epochs, no loss
+            assert {f"{m}_{region}" for m in ("dice", "hd95")} <= set(metrics)
+        assert metrics["n_test_cases"] == 1
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2  # both epochs, no loss
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "metrics.csv", "model", "hydra"} <= artifacts
         assert any(path.startswith("splits_2fold_") for path in artifacts)
@@ -172,7 +172,7 @@ def check_sweep_store(client: MlflowClient, workdir: Path) -> None:
     assert len(board) == 2 and set(board["runs"]) == {2} and set(board["folds"].astype(str)) == {"0,1"}
     for _, row in board.iterrows():
         model = "deepmedic_plus" if "deepmedic_plus" in row["configuration"] else "deepmedic"
-        values = pd.Series([r.data.metrics["test/WT/dice/mean"] for r in children if r.data.tags["model"] == model])
+        values = pd.Series([r.data.metrics["dice_WT"] for r in children if r.data.tags["model"] == model])
         assert row["WT dice"] == f"{values.mean():.3f}±{values.std(ddof=1):.3f} (2)"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "leaderboard/brats2020")}
     assert "leaderboard/brats2020/cases_dice.png" in artifacts

@@ -70,20 +70,20 @@ def store(tmp_path_factory) -> Path:
     havaei = "havaei2017_brats2013_inputcascade"
     for fold, (wt, tc, et) in enumerate([(0.6, 0.5, 0.4), (0.8, 0.7, 0.4)]):
         log_run(client, table4, training_tags(havaei, "brats2013", "synthetic", fold),
-                {"test/complete/dice/mean": wt, "test/core/dice/mean": tc, "test/enhancing/dice/mean": et,
-                 "test/n_cases": 1 + fold, "test/inference_seconds_per_case": 3.0})
+                {"dice_complete": wt, "dice_core": tc, "dice_enhancing": et,
+                 "n_test_cases": 1 + fold, "inference_seconds_per_case": 3.0})
     log_run(client, table4, {**training_tags(havaei, "brats2013", "synthetic", 0), "kind": "sweep"},
-            {"test/complete/dice/mean": 0.0})
-    log_run(client, table4, training_tags(havaei, "brats2020", "synthetic", 0), {"test/complete/dice/mean": 0.0})
-    log_run(client, table4, training_tags(havaei, "brats2013", "synthetic", 1), {"test/complete/dice/mean": 0.0},
+            {"dice_complete": 0.0})
+    log_run(client, table4, training_tags(havaei, "brats2020", "synthetic", 0), {"dice_complete": 0.0})
+    log_run(client, table4, training_tags(havaei, "brats2013", "synthetic", 1), {"dice_complete": 0.0},
             finished=False)
     log_run(client, table4, training_tags("brosch2016_isbi2015", "isbi2015", "real", 0),
-            {"test/lesion/dice/mean": 0.55, "test/n_cases": 4})
+            {"dice_lesion": 0.55, "n_test_cases": 4})
     table3 = ensure_experiment(uri, "akkus2017-table3")
     for fold, (csf, seconds) in enumerate([(0.7, 100.0), (0.9, 140.0)]):
         log_run(client, table3, training_tags("cicek2016_mrbrains13_unet3d", "mrbrains13", "synthetic", fold),
-                {"test/CSF/dice/mean": csf, "test/GM/dice/mean": 0.5, "test/WM/dice/mean": 0.5, "test/n_cases": 1,
-                 "test/inference_seconds_per_case": seconds})
+                {"dice_CSF": csf, "dice_GM": 0.5, "dice_WM": 0.5, "n_test_cases": 1,
+                 "inference_seconds_per_case": seconds})
     return folder
 
 
@@ -182,15 +182,15 @@ def test_table4_reproduces_end_to_end_on_synthetic_data_with_the_tiny_schedule(t
 
     havaei = cells["Havaei et al. 2016"]
     assert havaei["Reproduced: mean±SD (n runs)"].startswith(
-        f"complete Dice {by_hand('havaei2017_brats2013_inputcascade', 'test/complete/dice/mean')}; core Dice")
+        f"complete Dice {by_hand('havaei2017_brats2013_inputcascade', 'dice_complete')}; core Dice")
     assert cells["Brosch et al. 2016"]["Runs"] == "ISBI: 2; MICCAI: 2"
-    assert f"sensitivity (lesion TPR) {by_hand('dou2016_cmb', 'test/cmb/lesion_tpr/mean')}" in \
+    assert f"sensitivity (lesion TPR) {by_hand('dou2016_cmb', 'lesion_tpr_cmb')}" in \
         cells["Dou et al. 2016"]["Reproduced: mean±SD (n runs)"]
     for name, experiment in [("Havaei et al. 2016", "havaei2017_brats2013_inputcascade"),
                              ("Pereira et al. 2016", "pereira2016_brats2013_hgg"),
                              ("Kamnitsas et al. 2016", "kamnitsas2017_brats2015_crf"),
                              ("Dou et al. 2016", "dou2016_cmb")]:
-        cases = {int(r.data.metrics["test/n_cases"]) for r in children if r.data.tags["experiment"] == experiment}
+        cases = {int(r.data.metrics["n_test_cases"]) for r in children if r.data.tags["experiment"] == experiment}
         assert (cells[name]["Runs"], cells[name]["Data source"]) == ("2", "synthetic look-alike")
         assert cells[name]["Test cases"] == "–".join(map(str, sorted(cases)))
     for name in ("Zhao and Jia 2015", "Dvorak et al. 2015", "Maier et al. 2015", "Akkus et al. 2016"):

@@ -94,6 +94,8 @@ class Edition:
         challenge: family name, e.g. ``brats``.
         modalities: channel names in the order models receive them (a subset of ``layout.channels``).
         label_values: every value a reference label map may contain (0 = background).
+        label_names: label value → the organisers' name of it, for every label value (0 → ``"background"``);
+            figure legends and notebooks read it. Stored in the order of ``label_values``.
         regions: evaluated region → label values it unites, e.g. ``{"WT": (1, 2, 4)}``.
         protocol: name of the evaluation protocol in :mod:`brainbench.evaluation.protocols`.
         ranking: name of the ranking rule in :mod:`brainbench.evaluation.ranking`, or :class:`Unranked`.
@@ -112,6 +114,7 @@ class Edition:
     challenge: str
     modalities: tuple[str, ...]
     label_values: tuple[int, ...]
+    label_names: Mapping[int, str]
     regions: Mapping[str, tuple[int, ...]]
     protocol: str
     ranking: str | Unranked
@@ -121,6 +124,20 @@ class Edition:
     reference_grid: str | None = None
     spacing_mm: tuple[float, float, float] | None = None
     empty_labels: bool = False
+
+    def __post_init__(self) -> None:
+        """A label map without a name for each of its values (or naming others) fails where it is declared."""
+        names = self.label_names
+        problems = {
+            "no name for": [v for v in self.label_values if v not in names],
+            "names for values not in label_values": [key for key in names if key not in self.label_values],
+            "blank names for": [v for v, text in names.items() if not isinstance(text, str) or not text.strip()],
+        }
+        if any(problems.values()):
+            found = "; ".join(f"{what} {values}" for what, values in problems.items() if values)
+            raise BrainbenchConfigError(f"edition {self.name}: label_names must name each of its label_values "
+                                        f"{list(self.label_values)} and nothing else ({found})")
+        object.__setattr__(self, "label_names", {v: names[v] for v in self.label_values})
 
     @property
     def n_classes(self) -> int:

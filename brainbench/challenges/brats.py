@@ -37,6 +37,15 @@ from brainbench.challenges.vsd import VsdLayout
 from brainbench.errors import BrainbenchDataError
 from brainbench.io import NIFTI_SUFFIXES
 
+VSD_LABELS = {0: "background", 1: "necrosis", 2: "oedema", 3: "non-enhancing tumour", 4: "enhancing tumour"}
+"""BRATS 2012–2016 label names (challenges.md §2.1 and §2.4, [V] S-11)."""
+LEGACY_LABELS = {0: "background", 1: "necrotic / non-enhancing tumour core (NCR/NET)",
+                 2: "peritumoural oedema (ED)", 4: "GD-enhancing tumour (ET)"}
+"""BraTS 2017–2021 label names (challenges.md §2.1 and §2.4, [V] S-06, S-07)."""
+GLI2023_LABELS = {0: "background", 1: "non-enhancing tumour core (NETC)",
+                  2: "surrounding non-enhancing FLAIR hyperintensity (SNFH)", 3: "enhancing tissue (ET)"}
+"""BraTS 2023 label names, one map for all sub-challenges: the abbreviations are challenges.md §2.1 and
+§2.4 ([V] S-03, S-04b); the expansions are the BraTS 2023/2024 challenge papers' wording."""
 LEGACY_REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
 VSD_REGIONS = {"complete": (1, 2, 3, 4), "core": (1, 3, 4), "enhancing": (4,)}
 VSD_CHANNELS = {"flair": "MR_Flair", "t1": "MR_T1", "t1c": "MR_T1c", "t2": "MR_T2"}
@@ -93,8 +102,8 @@ class CaseFolderLayout(Layout):
 
 def _vsd_edition(year: int) -> Edition:
     return Edition(
-        name=f"brats{year}", challenge="brats", modalities=tuple(VSD_CHANNELS), label_values=(0, 1, 2, 3, 4),
-        regions=VSD_REGIONS, protocol="brats-vsd-2012-2016",
+        name=f"brats{year}", challenge="brats", modalities=tuple(VSD_CHANNELS), label_values=tuple(VSD_LABELS),
+        label_names=VSD_LABELS, regions=VSD_REGIONS, protocol="brats-vsd-2012-2016",
         ranking="vsd-mean-of-metric-ranks",  # the VSD online table (§2.7); 2016 ran on the 2015 platform
         layout=VsdLayout(VSD_CHANNELS, truth_object=r"Brain_[123]more", id_from_path=year <= 2013),
         source="challenges.md §2.1–§2.4, §2.7, §8 (VSD/SMIR exports as read by public loaders; labels per VSD docs)",
@@ -107,7 +116,8 @@ def _brats2023_edition(subchallenge: str, tumour: str) -> Edition:
     """A BraTS 2023 sub-challenge: the GLI layout and labels under its own prefix, its lesion-wise rules."""
     name = f"brats2023_{subchallenge.lower()}"
     return Edition(
-        name=name, challenge="brats", modalities=("t1n", "t1c", "t2w", "t2f"), label_values=(0, 1, 2, 3),
+        name=name, challenge="brats", modalities=("t1n", "t1c", "t2w", "t2f"),
+        label_values=tuple(GLI2023_LABELS), label_names=GLI2023_LABELS,
         regions={"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}, protocol=f"brats-2023-{subchallenge.lower()}",
         ranking="brats2023-lesionwise-rank-then-aggregate",
         layout=CaseFolderLayout(("t1n", "t1c", "t2w", "t2f"), separator="-",
@@ -121,9 +131,10 @@ def _brats2023_edition(subchallenge: str, tumour: str) -> Edition:
 
 def _legacy_edition(year: int, layout: CaseFolderLayout) -> Edition:
     return Edition(
-        name=f"brats{year}", challenge="brats", modalities=layout.channels, label_values=(0, 1, 2, 4),
-        regions=LEGACY_REGIONS, protocol="brats-legacy-2017-2021", ranking="brats-rank-then-aggregate",
-        layout=layout, source="challenges.md §2.2, §2.4, §2.5, §2.7 (CBICA/Synapse releases; nnU-Net converters)",
+        name=f"brats{year}", challenge="brats", modalities=layout.channels, label_values=tuple(LEGACY_LABELS),
+        label_names=LEGACY_LABELS, regions=LEGACY_REGIONS, protocol="brats-legacy-2017-2021",
+        ranking="brats-rank-then-aggregate", layout=layout,
+        source="challenges.md §2.2, §2.4, §2.5, §2.7 (CBICA/Synapse releases; nnU-Net converters)",
         synthetic=Synthetic(SYNTHESIZE, n_cases=12, spacing_mm=2.0, options={"edition": f"brats{year}"}),
         spacing_mm=ONE_MM,
     )

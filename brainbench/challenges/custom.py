@@ -14,10 +14,14 @@ the ``declaration:`` block is read, the rest ignored)::
         flair: "anat/{case}_FLAIR.nii.gz"              #   glob wildcards allowed; exactly one match
       label: "{root}/derivatives/{case}/{case}_lesion.nii.gz"   # one match, or none (unlabelled case)
       label_values: [0, 1]
+      label_names: {0: background, 1: lesion}          # optional; default "background", "label 1", ...
       regions: {lesion: [1]}
       reference_grid: t1                               # channels on other grids are resampled onto it
       protocol: isles-2022                             # an existing protocol (brainbench data list)
       ranking: isles2022-mean-rank                     # an existing rule, or null with ranking_note
+
+``label_names`` (value → name, for figure legends) must name every label value and nothing else;
+without it, 0 is named ``background`` and every other value ``label <value>``.
 
 Evaluation protocol and ranking rule are chosen from the existing ones by name; their names are
 checked when the edition is evaluated or ranked.
@@ -38,7 +42,7 @@ from brainbench.challenges.base import Case, Edition, Layout, Unranked, collect
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
 
 REQUIRED = ("name", "cases", "channels", "label", "label_values", "regions", "protocol")
-OPTIONAL = ("family", "reference_grid", "ranking", "ranking_note", "spacing_mm", "source")
+OPTIONAL = ("label_names", "family", "reference_grid", "ranking", "ranking_note", "spacing_mm", "source")
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ def edition_from_declaration(declaration: Mapping[str, Any]) -> Edition:
     if 0 not in labels or any(set(values) - set(labels) for values in regions.values()):
         raise BrainbenchConfigError(f"challenge declaration {name!r}: label_values must include 0 (background) "
                                     f"and every region value")
+    label_names = _label_names(name, labels, declaration.get("label_names"))
     reference = declaration.get("reference_grid")
     if reference is not None and reference not in channels:
         raise BrainbenchConfigError(f"challenge declaration {name!r}: reference_grid {reference!r} is not a channel")
@@ -121,11 +126,24 @@ def edition_from_declaration(declaration: Mapping[str, Any]) -> Edition:
         str(declaration.get("ranking_note") or f"no ranking rule declared for {name}"))
     return Edition(
         name=name, challenge=str(declaration.get("family") or "custom"), modalities=tuple(channels),
-        label_values=labels, regions=regions, protocol=str(declaration["protocol"]), ranking=ranking,
+        label_values=labels, label_names=label_names, regions=regions, protocol=str(declaration["protocol"]),
+        ranking=ranking,
         layout=PatternLayout(str(declaration["cases"]), {str(k): str(v) for k, v in channels.items()},
                              str(declaration["label"])),
         source=str(declaration.get("source") or "user declaration"), reference_grid=reference, spacing_mm=spacing,
     )
+
+
+def _label_names(name: str, labels: tuple[int, ...], declared: Any) -> dict[int, str]:
+    """The declared value → name mapping with integer keys, or the default names when none is declared;
+    whether it names exactly the label values is checked by :class:`Edition` itself."""
+    if declared is None:
+        return {v: "background" if v == 0 else f"label {v}" for v in labels}
+    try:
+        return {int(value): "" if label is None else str(label) for value, label in declared.items()}
+    except (TypeError, ValueError, AttributeError):
+        raise BrainbenchConfigError(f"challenge declaration {name!r}: label_names must map label values to names, "
+                                    f"e.g. {{0: background, 1: lesion}}")
 
 
 def load_declaration(path: str | Path) -> Edition:

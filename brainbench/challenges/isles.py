@@ -23,6 +23,7 @@ Layouts (../shared/specs/challenges.md §3.1–§3.2; tags there):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,15 @@ from brainbench.challenges.vsd import VsdLayout
 from brainbench.errors import BrainbenchDataError
 
 LESION = {"lesion": (1,)}
+SISS_LABELS = {0: "background", 1: "sub-acute stroke lesion"}
+"""ISLES 2015 SISS: binary sub-acute lesion masks (challenges.md §3.1, [V] S-45)."""
+SPES_LABELS = {0: "background", 1: "core (unverified)", 2: "penumbra"}
+"""ISLES 2015 SPES (challenges.md §3.1): values {0, 1, 2} [P] S-46, only the penumbra evaluated [V] S-47; that
+2 is the penumbra is [R] and that 1 is the infarct core an inference [I] (the rest of the perfusion lesion)."""
+OUTCOME_LABELS = {0: "background", 1: "final infarct"}
+"""ISLES 2016 and 2017: binary final infarct traced on the follow-up scan (challenges.md §3.1, [V] S-48)."""
+ISLES2022_LABELS = {0: "background", 1: "infarct"}
+"""ISLES 2022: binary acute/sub-acute infarct mask (challenges.md §3.1, [V] S-20)."""
 SISS_CHANNELS = {"dwi": "MR_DWI", "flair": "MR_Flair", "t1": "MR_T1", "t2": "MR_T2"}
 SPES_CHANNELS = {
     "cbf": "MR_CBF",
@@ -99,10 +109,11 @@ class BidsLayout(Layout):
         return Case(case_id=case_id, images=images, label=masks[0] if masks else None, meta={"session": session.name})
 
 
-def _edition(name: str, layout: Layout, labels: tuple[int, ...], regions, protocol: str, ranking: str,
+def _edition(name: str, layout: Layout, labels: Mapping[int, str], regions, protocol: str, ranking: str,
              spacing_mm: float | None, **kw) -> Edition:
     return Edition(
-        name=name, challenge="isles", modalities=layout.channels, label_values=labels, regions=regions,
+        name=name, challenge="isles", modalities=layout.channels, label_values=tuple(labels), label_names=labels,
+        regions=regions,
         protocol=protocol, ranking=ranking, layout=layout,
         source="challenges.md §3.1–§3.4, §8 (ISLES pages and README; public loaders)",
         synthetic=Synthetic(SYNTHESIZE, n_cases=12, spacing_mm=2.0, options={"edition": name}),
@@ -111,14 +122,14 @@ def _edition(name: str, layout: Layout, labels: tuple[int, ...], regions, protoc
 
 
 EDITIONS: dict[str, Edition] = {edition.name: edition for edition in (
-    _edition("isles2015_siss", VsdLayout(SISS_CHANNELS, truth_object="Brain"), (0, 1), LESION, "isles-2015-2017",
-             "isles-mean-rank", 1.0),
-    _edition("isles2015_spes", VsdLayout(SPES_CHANNELS, truth_object="Brain"), (0, 1, 2), {"penumbra": (2,)},
+    _edition("isles2015_siss", VsdLayout(SISS_CHANNELS, truth_object="Brain"), SISS_LABELS, LESION,
+             "isles-2015-2017", "isles-mean-rank", 1.0),
+    _edition("isles2015_spes", VsdLayout(SPES_CHANNELS, truth_object="Brain"), SPES_LABELS, {"penumbra": (2,)},
              "isles-2015-2017", "isles-mean-rank", 2.0),
-    _edition("isles2016", VsdLayout(PERFUSION_CHANNELS, truth_object="Brain"), (0, 1), LESION, "isles-2015-2017",
-             "isles-mean-rank", None),
-    _edition("isles2017", VsdLayout(PERFUSION_CHANNELS, truth_object="Brain"), (0, 1), LESION, "isles-2015-2017",
-             "isles-mean-rank", None),
-    _edition("isles2022", BidsLayout(), (0, 1), LESION, "isles-2022", "isles2022-mean-rank", 2.0,
+    _edition("isles2016", VsdLayout(PERFUSION_CHANNELS, truth_object="Brain"), OUTCOME_LABELS, LESION,
+             "isles-2015-2017", "isles-mean-rank", None),
+    _edition("isles2017", VsdLayout(PERFUSION_CHANNELS, truth_object="Brain"), OUTCOME_LABELS, LESION,
+             "isles-2015-2017", "isles-mean-rank", None),
+    _edition("isles2022", BidsLayout(), ISLES2022_LABELS, LESION, "isles-2022", "isles2022-mean-rank", 2.0,
              reference_grid="dwi"),
 )}

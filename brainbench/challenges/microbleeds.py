@@ -40,6 +40,8 @@ from brainbench.errors import BrainbenchDataError
 from brainbench.io import NIFTI_SUFFIXES, Grid, read_grid, save_volume, strip_nifti_suffix
 
 CMB = {"cmb": (1,)}
+CMB_LABELS = {0: "background", 1: "cerebral microbleed (CMB)"}
+"""Binary microbleed masks of VALDO 2021 Task 2 and of the Dou et al. 2016 masks grown from centroids."""
 VALDO_FILES = {"t2s": "T2S", "t1": "T1", "t2": "T2"}
 """Channel → contrast token of ``sub-XXX_space-T2S_desc-masked_<token>.nii.gz``; T2S first."""
 VALDO_LABEL = "CMB"
@@ -196,14 +198,16 @@ _UNRANKED = "{} did not give a ranking rule the spec could verify; scores are re
 
 EDITIONS: dict[str, Edition] = {edition.name: edition for edition in (
     Edition(
-        name="valdo2021", challenge="microbleeds", modalities=tuple(VALDO_FILES), label_values=(0, 1), regions=CMB,
+        name="valdo2021", challenge="microbleeds", modalities=tuple(VALDO_FILES), label_values=tuple(CMB_LABELS),
+        label_names=CMB_LABELS, regions=CMB,
         protocol="valdo-2021-task2", ranking=Unranked(_UNRANKED.format("VALDO 2021 Task 2")), layout=ValdoLayout(),
         source="the BIDS-like VALDO 2021 Task 2 layout named in the issue; unverified against the release",
         synthetic=Synthetic(f"{CMB_SYNTH}.synthesize_valdo2021", n_cases=8, spacing_mm=(1.0, 1.0, 2.0)),
         reference_grid="t2s", empty_labels=True,
     ),
     Edition(
-        name="dou2016", challenge="microbleeds", modalities=("swi",), label_values=(0, 1), regions=CMB,
+        name="dou2016", challenge="microbleeds", modalities=("swi",), label_values=tuple(CMB_LABELS),
+        label_names=CMB_LABELS, regions=CMB,
         protocol="dou-2016", ranking=Unranked(_UNRANKED.format("Dou et al. 2016 (a paper, not a challenge)")),
         layout=DouLayout(),
         source="architectures.md §5.1 (the authors' 20-scan SWI release with CMB coordinates); file layout "

@@ -38,6 +38,16 @@ STRUCTURES_8 = {
     "cortical_gm": 1, "basal_ganglia": 2, "wm": 3, "wm_lesions": 4,
     "extracerebral_csf": 5, "ventricles": 6, "cerebellum": 7, "brainstem": 8,
 }
+STRUCTURE_NAMES = {
+    1: "cortical grey matter", 2: "basal ganglia", 3: "white matter", 4: "white-matter lesions",
+    5: "extracerebral CSF", 6: "ventricles", 7: "cerebellum", 8: "brain stem",
+}
+"""Names of the eight structures (MRBrainS13 ``LabelsForTraining`` §5, MRBrainS18 labels 1–8 §6; [V] S-28, S-33)."""
+MRBRAINS13_LABELS = {0: "background", 1: "cerebrospinal fluid (CSF)", 2: "grey matter (GM)", 3: "white matter (WM)"}
+"""MRBrainS13 ``LabelsForTesting`` (challenges.md §5, [V] S-29): CSF incl. ventricles, GM incl. basal ganglia,
+WM incl. lesions; cerebellum and brainstem are background."""
+MRBRAINS18_LABELS = {0: "background", **STRUCTURE_NAMES, 9: "infarction", 10: "other pathology"}
+"""MRBrainS18 labels 0–10 (challenges.md §6, [V] S-33, S-30); 9 and 10 are masked out of evaluation."""
 TISSUE_OF_STRUCTURE = {1: 2, 2: 2, 3: 3, 4: 3, 5: 1, 6: 1, 7: 0, 8: 0}
 """Official merge ``LabelsForTraining`` → ``LabelsForTesting`` (1+2→GM, 3+4→WM, 5+6→CSF; 7, 8 → 0)."""
 MRBRAINS18_FILES = {"flair": "pre/FLAIR", "t1": "pre/reg_T1", "ir": "pre/reg_IR"}
@@ -100,7 +110,8 @@ class NumberedCaseLayout(Layout):
 
 EDITIONS: dict[str, Edition] = {edition.name: edition for edition in (
     Edition(
-        name="mrbrains13", challenge="mrbrains", modalities=("t1", "t1_ir", "t2_flair"), label_values=(0, 1, 2, 3),
+        name="mrbrains13", challenge="mrbrains", modalities=("t1", "t1_ir", "t2_flair"),
+        label_values=tuple(MRBRAINS13_LABELS), label_names=MRBRAINS13_LABELS,
         regions={"CSF": (1,), "GM": (2,), "WM": (3,)}, protocol="mrbrains13", ranking="mrbrains13-rank-sum",
         layout=NumberedCaseLayout(MRBRAINS13_FILES, label="LabelsForTesting", splits=MRBRAINS13_SPLITS,
                                   prefix_ids=True, extra_labels={"labels_8": "LabelsForTraining"}),
@@ -111,7 +122,8 @@ EDITIONS: dict[str, Edition] = {edition.name: edition for edition in (
     ),
     Edition(
         name="mrbrains18", challenge="mrbrains", modalities=tuple(MRBRAINS18_FILES),
-        label_values=tuple(range(11)), regions={name: (value,) for name, value in STRUCTURES_8.items()},
+        label_values=tuple(MRBRAINS18_LABELS), label_names=MRBRAINS18_LABELS,
+        regions={name: (value,) for name, value in STRUCTURES_8.items()},
         protocol="mrbrains18",
         ranking=Unranked("the spec found no verified MRBrainS18 ranking rule (§6); scores are reported unranked"),
         layout=NumberedCaseLayout(MRBRAINS18_FILES, label="segm", splits={"training": "training"},

@@ -35,6 +35,8 @@ from brainbench.challenges.base import (Case, Edition, Layout, Synthetic, Unrank
 from brainbench.errors import BrainbenchDataError
 
 LESION = {"lesion": (1,)}
+MS_LABELS = {0: "background", 1: "MS lesion"}
+"""Binary white-matter lesion masks of all three challenges (challenges.md §4.1–§4.3)."""
 
 MSSEG_PREPROCESSED = {m: f"{m.upper()}_preprocessed" for m in ("flair", "t1", "gado", "dp", "t2")}
 """Channel → file stem in ``Preprocessed_Data/`` of the original MSSEG 2016 release."""
@@ -141,14 +143,16 @@ _NO_VERIFIED_RULE = ("the spec found no verified ranking rule for this challenge
 
 EDITIONS: dict[str, Edition] = {edition.name: edition for edition in (
     Edition(
-        name="msseg2016", challenge="msseg", modalities=MssegLayout.channels, label_values=(0, 1), regions=LESION,
+        name="msseg2016", challenge="msseg", modalities=MssegLayout.channels, label_values=tuple(MS_LABELS),
+        label_names=MS_LABELS, regions=LESION,
         protocol="msseg-2016", ranking="msseg-separate", layout=MssegLayout(),
         source="challenges.md §4.3 (MSSEG 2016 loaders S-25; flat re-release S-65)",
         synthetic=Synthetic(f"{MS_SYNTH}.synthesize_msseg2016", n_cases=12, spacing_mm=2.0,
                             options={"layout": "original"}),
     ),
     Edition(
-        name="isbi2015", challenge="msseg", modalities=ISBI_CHANNELS, label_values=(0, 1), regions=LESION,
+        name="isbi2015", challenge="msseg", modalities=ISBI_CHANNELS, label_values=tuple(MS_LABELS),
+        label_names=MS_LABELS, regions=LESION,
         protocol="isbi-2015", ranking=Unranked(_NO_VERIFIED_RULE.format("ISBI 2015's score formula, §4.2")),
         layout=IsbiLayout(), source="challenges.md §4.2 (loaders S-61; nnU-Net Task035 converter S-62)",
         synthetic=Synthetic(f"{MS_SYNTH}.synthesize_isbi2015", n_cases=4, spacing_mm=2.0,
@@ -156,8 +160,8 @@ EDITIONS: dict[str, Edition] = {edition.name: edition for edition in (
         spacing_mm=(1.0, 1.0, 1.0),
     ),
     Edition(
-        name="miccai2008", challenge="msseg", modalities=tuple(MICCAI2008_FILES), label_values=(0, 1),
-        regions=LESION, protocol="miccai-2008",
+        name="miccai2008", challenge="msseg", modalities=tuple(MICCAI2008_FILES), label_values=tuple(MS_LABELS),
+        label_names=MS_LABELS, regions=LESION, protocol="miccai-2008",
         ranking=Unranked(_NO_VERIFIED_RULE.format("the inter-rater-normalised score of §4.1 is [R]")),
         layout=Miccai2008Layout(), source="challenges.md §4.1 (openmedlab dataset card S-56)",
         synthetic=Synthetic(f"{MS_SYNTH}.synthesize_miccai2008", n_cases=12, spacing_mm=2.0),

@@ -36,6 +36,11 @@ NEO_LABELS = {
     "cortical_gm": 1, "basal_ganglia_thalami": 2, "unmyelinated_wm": 3, "myelinated_wm": 4,
     "brainstem": 5, "cerebellum": 6, "ventricles": 7, "extracerebral_csf": 8,
 }
+NEO_LABEL_NAMES = {
+    0: "background", 1: "cortical grey matter", 2: "basal ganglia and thalami", 3: "unmyelinated white matter",
+    4: "myelinated white matter", 5: "brainstem", 6: "cerebellum", 7: "ventricles", 8: "extracerebral CSF",
+}
+"""The tissue classes as the organisers name them (challenges.md §7, [V] S-71; values 1–8 in this order [I])."""
 MODALITIES = ("t1", "t2")
 
 
@@ -113,7 +118,7 @@ class NeoBrainSLayout(Layout):
 EDITIONS: dict[str, Edition] = {
     f"neobrains12_{name}": Edition(
         name=f"neobrains12_{name}", challenge="neobrains", modalities=MODALITIES,
-        label_values=tuple(range(9)),
+        label_values=tuple(NEO_LABEL_NAMES), label_names=NEO_LABEL_NAMES,
         regions={**{key: (value,) for key, value in NEO_LABELS.items()}, "WM": (3, 4), "CSF": (7, 8)},
         protocol="neobrains12",
         ranking=Unranked("the spec found no verified NeoBrainS12 ranking rule (§7); scores are reported unranked"),

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from brainbench.challenges.base import Case, ChallengeAdapter
 from brainbench.io import Grid, write_atomic
 from brainbench.data.preprocess import CaseArrays, Pipeline, Stage, as_pipeline, load_case
 from brainbench.data.registration import resample
+from brainbench.progress import track
 
 CACHE_FORMAT = 2
 """Bump when the entry layout changes so old entries are not misread."""
@@ -99,7 +101,7 @@ class PreprocessedCache:
             if state_file.is_file():
                 stage.landmarks = json.loads(state_file.read_text())
                 continue
-            stage.fit(self._run(case, adapter, index) for case in cases)
+            stage.fit(self._run(case, adapter, index) for case in track(cases, f"Fitting {type(stage).__name__}"))
             write_atomic(state_file, lambda tmp: tmp.write_text(json.dumps(stage.landmarks)))
 
     def key(self, case: Case, adapter: ChallengeAdapter) -> str:
@@ -124,6 +126,11 @@ class PreprocessedCache:
                 "has_label": case.label is not None,
             })
         return _read_entry(entry)
+
+    def load_all(self, cases: Iterable[Case], adapter: ChallengeAdapter) -> dict[str, PreprocessedCase]:
+        """:meth:`load` every case, by case id, with a progress bar: preprocessing is the slow step of a
+        first run."""
+        return {case.case_id: self.load(case, adapter) for case in track(list(cases), "Preprocessing")}
 
     def _run(self, case: Case, adapter: ChallengeAdapter, stop: int) -> CaseArrays:
         """The case after ``stages[:stop]``, starting from the latest cached stage output."""

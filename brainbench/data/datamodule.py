@@ -223,7 +223,7 @@ class BrainSegmentationDataModule(pl.LightningDataModule):
                                                                     subjects)
             self.split = splits.split(self.fold)
         self.cache.fit([self.cases[i] for i in self.split.train], self.adapter)  # learning stages see train only
-        self.preprocessed = {cid: self.cache.load(case, self.adapter) for cid, case in self.cases.items()}
+        self.preprocessed = self.cache.load_all(self.cases.values(), self.adapter)
         self.train_set = self._segments(self.split.train, self.segments_per_epoch, self.seed, augment=True)
         self.val_set = self._segments(self.split.val, self.val_segments, self.seed + 10_000, augment=self.val_augment)
         self.use(self.sampler, self.extractor)

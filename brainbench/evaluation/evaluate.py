@@ -22,7 +22,6 @@ import pickle
 import signal
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,6 +33,7 @@ from nibabel.arrayproxy import ArrayProxy
 
 from brainbench.io import NIFTI_SUFFIXES, Grid, existing_dir, load_label, read_grid, strip_nifti_suffix, write_atomic
 from brainbench.errors import BrainbenchConfigError, BrainbenchDataError
+from brainbench.progress import track
 from brainbench.evaluation import surface
 from brainbench.evaluation.lesions import anima_detection, brats2023_lesionwise, isles22_lesions, microbleed_detection
 from brainbench.evaluation.overlap import (
@@ -114,7 +114,7 @@ def evaluate_folders(
     allowed_labels: set[int],
     *,
     workers: int = 1,
-    progress: bool = False,
+    progress: bool = True,
     input_policy: str = "official",
 ) -> FolderEvaluation:
     """Score every reference case against ``<pred_dir>/<case_id>.nii.gz`` (or ``.nii``).
@@ -134,7 +134,8 @@ def evaluate_folders(
     reported and ignored.
 
     ``workers``: processes scoring cases in parallel (1: in this process, no pool); the rows, problem
-    lines and every value are the same for any number. ``progress``: a progress bar on stderr.
+    lines and every value are the same for any number. ``progress``: a progress bar on stderr, cases
+    done / total (:func:`brainbench.progress.track`: only on a terminal and when not quiet).
 
     Raises:
         BrainbenchDataError: the prediction folder is missing or holds no file named after a reference
@@ -152,7 +153,7 @@ def evaluate_submissions(
     allowed_labels: set[int],
     *,
     workers: int = 1,
-    progress: bool = False,
+    progress: bool = True,
     input_policy: str = "official",
 ) -> FolderEvaluation:
     """:func:`evaluate_folders` for each submission folder; ``team`` (the folder's name) leads each row.
@@ -228,7 +229,8 @@ def _evaluate(
     if teams is None and not any(candidates for _, _, ((_, candidates),) in jobs):
         raise BrainbenchDataError(folders[0], _nothing_matched(jobs[0][0], predictions[0]))
     rows: list[list[tuple]] = [[] for _ in roots]
-    for job, result in zip(jobs, _scored(jobs, regions, protocol, allowed_labels, reading, workers, progress)):
+    scored = _scored(jobs, regions, protocol, allowed_labels, reading, workers)
+    for job, result in zip(jobs, track(scored, "Scoring", total=len(jobs)) if progress else scored):
         for team_rows, team_problems, (case_rows, case_problems) in zip(rows, problems, result):
             team_rows.extend((job[0], *row) for row in case_rows)
             team_problems.extend(case_problems)
@@ -279,26 +281,20 @@ def _scored(
     allowed: set[int],
     reading: ScorerInput,
     workers: int,
-    progress: bool,
 ) -> Iterator[_CaseResult]:
     """Each job's result, in job order: here, or streamed back from ``workers`` spawned processes."""
-    pairs = sum(len(job[2]) for job in jobs)
-    with _progress_bar(progress, pairs) as advance:
-        if workers == 1 or len(jobs) == 1:
-            for job in jobs:
-                result = _score_job(job, regions, protocol, allowed, reading)
-                advance(len(result))
-                yield result
-            return
-        context = ({name: tuple(labels) for name, labels in regions.items()}, protocol, set(allowed), reading)
-        processes = min(workers, len(jobs))
-        chunksize = max(1, min(8, len(jobs) // (4 * processes)))
-        with multiprocessing.get_context("spawn").Pool(processes, _start_worker, context) as pool:
-            for result in pool.imap(_score_in_worker, jobs, chunksize=chunksize):
-                if isinstance(result, _Raised):
-                    raise result.error()
-                advance(len(result))
-                yield result
+    if workers == 1 or len(jobs) == 1:
+        for job in jobs:
+            yield _score_job(job, regions, protocol, allowed, reading)
+        return
+    context = ({name: tuple(labels) for name, labels in regions.items()}, protocol, set(allowed), reading)
+    processes = min(workers, len(jobs))
+    chunksize = max(1, min(8, len(jobs) // (4 * processes)))
+    with multiprocessing.get_context("spawn").Pool(processes, _start_worker, context) as pool:
+        for result in pool.imap(_score_in_worker, jobs, chunksize=chunksize):
+            if isinstance(result, _Raised):
+                raise result.error()
+            yield result
 
 
 _WORKER_CONTEXT: tuple | None = None
@@ -337,36 +333,6 @@ def _score_in_worker(job: _CaseJob) -> _CaseResult | _Raised:
         except Exception:
             error = RuntimeError(f"{type(error).__name__}: {error}")
         return _Raised(exception=error)
-
-
-@contextmanager
-def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
-    """``advance(n)``: a rich progress bar on stderr (cases done / total, rate, ETA), or nothing."""
-    if not enabled:
-        yield lambda done: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text("? cases/s" if speed is None else f"{speed:.1f} cases/s", style="progress.data.speed")
-
-    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("scoring", total=total)
-        yield lambda done: bar.advance(task, done)
 
 
 # -- reading label maps ---------------------------------------------------------------------------------

@@ -49,41 +49,66 @@ STATISTICS = {
 }
 
 
+def metric_key(metric: str, region: str) -> str:
+    """A run's headline metric name: the mean over test cases of ``metric`` in ``region``, e.g. ``dice_WT``
+    (no slash, so MLflow's filters and column headers take it as is)."""
+    return f"{metric}_{region}"
+
+
 def cell_legend(metrics: Sequence[str]) -> str:
     """How to read a ``mean±std (median; q25–q75)`` cell, with the unit of each metric shown."""
     units = ", ".join(f"{metric} [{METRIC_UNITS[metric]}]" for metric in metrics)
     return f"Cells: mean±std (median; 25th–75th percentile) over test cases; units: {units} (1 = unitless)."
 
 
-def summary_metrics(metrics: pd.DataFrame, prefix: str = "test") -> dict[str, float]:
-    """Long per-case frame (case, region, metric, value) → ``{"test/WT/dice/mean": 0.91, ...}``.
+def mean_legend(metrics: Sequence[str]) -> str:
+    """How to read a :func:`leaderboard_table` cell."""
+    units = ", ".join(f"{metric} [{METRIC_UNITS[metric]}]" for metric in metrics)
+    return f"Cells: each run's mean over its test cases; units: {units} (1 = unitless)."
 
-    NaN values (undefined under a protocol) are left out of the statistics.
-    """
-    summary = {}
+
+def case_statistics(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Long per-case frame (case, region, metric, value) → one row per (region, metric) in the frame's
+    order: ``n`` and the :data:`STATISTICS` over cases. NaN values (undefined under a protocol) are left out."""
+    rows = []
     for (region, metric), group in metrics.groupby(["region", "metric"], sort=False):
         values = group["value"].dropna().to_numpy(dtype=float)
         if values.size:
-            for stat, function in STATISTICS.items():
-                summary[f"{prefix}/{region}/{metric}/{stat}"] = float(function(values))
-    return summary
+            rows.append({"region": region, "metric": metric, "n": int(values.size),
+                         **{stat: float(function(values)) for stat, function in STATISTICS.items()}})
+    return pd.DataFrame(rows, columns=["region", "metric", "n", *STATISTICS])
 
 
-def leaderboard_table(runs: pd.DataFrame, regions: Sequence[str], metrics: Sequence[str],
-                      prefix: str = "test") -> pd.DataFrame:
-    """One row per run: for each region × metric, ``mean±std (median; q25–q75)``.
+def headline_values(statistics: pd.DataFrame) -> dict[str, float]:
+    """:func:`case_statistics` → the run metrics ``{metric_region: mean}`` (:func:`metric_key`), region by region."""
+    return {metric_key(row.metric, row.region): row.mean for row in statistics.itertuples()}
+
+
+def statistics_table(statistics: pd.DataFrame, regions: Sequence[str], metrics: Sequence[str],
+                     data_source: str) -> pd.DataFrame:
+    """One row per region, a ``mean±std (median; q25–q75)`` cell per metric: a run's own results."""
+    indexed = statistics.set_index(["region", "metric"])
+    rows = []
+    for region in regions:
+        row = {"region": region, "data": data_source}
+        for metric in metrics:
+            row[metric] = _cell(indexed.loc[(region, metric)], metric) if (region, metric) in indexed.index else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def leaderboard_table(runs: pd.DataFrame, regions: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """One row per run: for each region × metric, the run's mean over its test cases (``metrics.dice_WT``, …).
 
     ``metrics`` are the edition's headline metrics (:func:`headline_metrics`), so a protocol without
     HD95 gets no HD95 column.
 
-    ``runs`` is :func:`brainbench.tracking.mlflow.runs_frame` output; runs lacking the summary
+    ``runs`` is :func:`brainbench.tracking.mlflow.runs_frame` output; runs lacking the headline
     metrics (e.g. interrupted before evaluation) are left out.
     """
     rows = []
     for _, run in runs.iterrows():
-        if f"metrics.{prefix}/{regions[0]}/{metrics[0]}/mean" not in run or pd.isna(
-            run.get(f"metrics.{prefix}/{regions[0]}/{metrics[0]}/mean")
-        ):
+        if pd.isna(run.get(f"metrics.{metric_key(metrics[0], regions[0])}")):
             continue
         row = {
             "run": run.get("run_name") or run["run_id"][:8],
@@ -93,14 +118,13 @@ def leaderboard_table(runs: pd.DataFrame, regions: Sequence[str], metrics: Seque
         }
         for region in regions:
             for metric in metrics:
-                key = f"metrics.{prefix}/{region}/{metric}"
-                row[f"{region} {metric}"] = _cell({s: run.get(f"{key}/{s}", np.nan) for s in STATISTICS}, metric)
+                row[f"{region} {metric}"] = _number(run.get(f"metrics.{metric_key(metric, region)}", np.nan), metric)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def aggregate_runs(runs: pd.DataFrame, configurations: pd.Series, regions: Sequence[str], metrics: Sequence[str],
-                   prefix: str = "test") -> pd.DataFrame:
+def aggregate_runs(runs: pd.DataFrame, configurations: pd.Series, regions: Sequence[str],
+                   metrics: Sequence[str]) -> pd.DataFrame:
     """One row per configuration (``configurations``: a label per run, e.g. a sweep job's overrides without
     seed and fold): for each region × metric, ``mean±SD (n)`` over its runs of each run's mean over test
     cases — the spread over folds and seeds, the number cross-validated papers report.
@@ -108,7 +132,7 @@ def aggregate_runs(runs: pd.DataFrame, configurations: pd.Series, regions: Seque
     ``runs`` is :func:`brainbench.tracking.mlflow.runs_frame`-shaped; runs without the summary metric
     are left out.
     """
-    key = f"metrics.{prefix}/{regions[0]}/{metrics[0]}/mean"
+    key = f"metrics.{metric_key(metrics[0], regions[0])}"
     if key not in runs:
         return pd.DataFrame(columns=["configuration", "runs", "folds", "seeds", "data"])
     kept = runs[key].notna()
@@ -120,7 +144,7 @@ def aggregate_runs(runs: pd.DataFrame, configurations: pd.Series, regions: Seque
                "data": ", ".join(sorted(set(group.get("tags.data_source", pd.Series("unknown")).fillna("unknown"))))}
         for region in regions:
             for metric in metrics:
-                values = group.get(f"metrics.{prefix}/{region}/{metric}/mean", pd.Series(dtype=float)).dropna()
+                values = group.get(f"metrics.{metric_key(metric, region)}", pd.Series(dtype=float)).dropna()
                 row[f"{region} {metric}"] = _spread_cell(values.to_numpy(dtype=float), metric)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -144,14 +168,23 @@ def _listed(values: pd.Series | None) -> str:
 def _spread_cell(values: np.ndarray, metric: str) -> str:
     if not values.size:
         return ""
-    digits = 3 if METRIC_UNITS.get(metric, "1") == "1" else 1
+    digits = _digits(metric)
     spread = f"{np.std(values, ddof=1):.{digits}f}" if values.size > 1 else "–"
     return f"{np.mean(values):.{digits}f}±{spread} ({values.size})"
 
 
+def _digits(metric: str) -> int:
+    """3 decimals for fractions, 1 for mm, mm³, ml and counts."""
+    return 3 if METRIC_UNITS.get(metric, "1") == "1" else 1
+
+
+def _number(value: float, metric: str) -> str:
+    return "" if pd.isna(value) else f"{value:.{_digits(metric)}f}"
+
+
 def _cell(stats: Mapping[str, float], metric: str) -> str:
-    """``mean±std (median; q25–q75)``: 3 decimals for fractions, 1 for mm, mm³, ml and counts."""
-    digits = 3 if METRIC_UNITS.get(metric, "1") == "1" else 1
+    """``mean±std (median; q25–q75)``."""
+    digits = _digits(metric)
     return (f"{stats['mean']:.{digits}f}±{stats['std']:.{digits}f} "
             f"({stats['median']:.{digits}f}; {stats['q25']:.{digits}f}–{stats['q75']:.{digits}f})")
 

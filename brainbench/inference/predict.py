@@ -16,6 +16,7 @@ from brainbench.data.cache import PreprocessedCase
 from brainbench.inference.device import InferenceSettings
 from brainbench.inference.region import predict_in_brain_box
 from brainbench.io import save_volume
+from brainbench.progress import track
 
 
 @dataclass
@@ -44,7 +45,7 @@ def predict_cases(net: nn.Module, cases: Sequence[tuple[Case, PreprocessedCase]]
     autocast = settings.autocast if settings is not None else contextlib.nullcontext
     started = time.perf_counter()
     array_grid = []
-    for case, pre in cases:
+    for case, pre in track(cases, "Segmenting"):
         with autocast():
             if settings is not None and settings.brain_box:
                 probabilities = predict_in_brain_box(predict, net, pre.image, edition.n_classes,

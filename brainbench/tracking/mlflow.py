@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.data
 import pandas as pd
 from hydra.experimental.callback import Callback
+from mlflow.entities import DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from omegaconf import DictConfig
 
 from brainbench.challenges import Unranked, get_edition
@@ -36,21 +41,35 @@ MODEL_ARTIFACTS = {"weights": "model/weights.pt", "preprocess": "model/preproces
 """A run's model: the net's final ``state_dict`` and the preprocessing stages with what they fitted."""
 PARENT_RUN_FILE = "mlflow_parent_run_id"
 """File in a multirun's sweep folder holding the parent run's id, written before any job starts."""
-RUN_LOCAL_KEYS = ("paths.output_dir", "resume", "logger.tracking_uri", "logger.parent_run_id", "from_run",
-                  "trainer.enable_progress_bar")
-"""Config keys that do not change what a run computes: left out of its identity (:func:`config_hash`)."""
+RUN_LOCAL_KEYS = ("seed", "run_name", "resume", "from_run", "quiet", "trainer.enable_progress_bar")
+"""Config keys that do not say which configuration a run is (with everything under :data:`RUN_LOCAL_GROUPS`):
+left out of :func:`config_hash`, so that the runs of one configuration over seeds share a hash."""
+RUN_LOCAL_GROUPS = ("paths.", "logger.", "hydra.", "model.card.")
+"""Where a run writes, how it is tracked, and the model's card (its description, not a setting): not part of
+its configuration, nor of its MLflow params."""
 
 
 def ensure_experiment(tracking_uri: str, experiment_name: str) -> str:
-    """Create the store (schema migration) and the experiment if needed; return its id."""
+    """Create the store (schema migration) and the experiment if needed; return its id. A SQLite store's new
+    experiment keeps its artifacts beside the store (``<store folder>/mlartifacts/<experiment>``), not in
+    the launching folder's ``mlruns/`` (MLflow's default)."""
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is not None:
         return experiment.experiment_id
+    store = sqlite_store_folder(tracking_uri)
+    location = (store / "mlartifacts" / experiment_name).as_uri() if store is not None else None
     try:
-        return client.create_experiment(experiment_name)
+        return client.create_experiment(experiment_name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created concurrently by another process
         return client.get_experiment_by_name(experiment_name).experiment_id
+
+
+def sqlite_store_folder(tracking_uri: str) -> Path | None:
+    """The folder holding a ``sqlite:///`` store's file; None for any other tracking URI."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///").split("?")[0]).resolve().parent
 
 
 class SweepTracking(Callback):
@@ -72,16 +91,16 @@ class SweepTracking(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         experiment_id = ensure_experiment(self.tracking_uri, self.experiment_name)
-        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
         if not self.parent_run_id:
             overrides = list(config.hydra.overrides.task)
-            client, commit = MlflowClient(tracking_uri=self.tracking_uri), git_commit()
+            client = MlflowClient(tracking_uri=self.tracking_uri)
             run = client.create_run(experiment_id, run_name=f"sweep-{sweep_dir.name}", tags={
                 "kind": "sweep", "sweep.overrides": " ".join(overrides)[:5000],
                 "sweep.launcher": str(config.hydra.launcher.get("_target_", "")),
                 "sweep.sweeper": str(config.hydra.sweeper.get("_target_", "")),
                 "mlflow.note.content": "Hydra multirun: brainbench train -m " + " ".join(overrides),
-                "git_commit": commit, "mlflow.source.git.commit": commit})
+                "mlflow.source.git.commit": git_commit()})
             self.parent_run_id, self.created = run.info.run_id, True
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(self.parent_run_id)
@@ -90,7 +109,7 @@ class SweepTracking(Callback):
         if not self.parent_run_id:
             return
         client = MlflowClient(tracking_uri=self.tracking_uri)
-        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
         children = [run for run in child_runs(self.tracking_uri, self.parent_run_id)
                     if self.created or run.data.tags.get("sweep_dir") == str(sweep_dir)]
         # an adopted parent holds several sweeps (brainbench reproduce): each its own folder
@@ -123,19 +142,30 @@ def child_runs(tracking_uri: str, parent_run_id: str) -> list:
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
-    """A run's identity: the SHA-256 (16 hex digits) of its resolved config without the keys that do not
-    change what it computes (:data:`RUN_LOCAL_KEYS`). Two runs with one hash train the same model."""
-    flat = {key: value for key, value in flatten(config).items() if key not in RUN_LOCAL_KEYS}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+    """A run's configuration: the SHA-256 (16 hex digits) of its resolved config without seed, paths, logger
+    and the other keys of :data:`RUN_LOCAL_KEYS`. Runs with one hash differ only by seed: grouping by it
+    in the MLflow UI gives the mean over seeds; hash and seed together identify a run (``resume``)."""
+    return hashlib.sha256(json.dumps(run_params(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def runs_with_hash(tracking_uri: str, experiment_name: str, digest: str) -> list:
-    """Runs of ``experiment_name`` with config hash ``digest``, newest first (empty without the experiment)."""
+def run_params(config: Mapping[str, Any]) -> dict[str, str]:
+    """The resolved config as MLflow params: flattened, without Hydra's instantiation keys (``_target_``,
+    ``_partial_``), paths, logger settings, seed and run name (:data:`RUN_LOCAL_KEYS`). The full config
+    stays an artifact (``config.yaml``); the seed is a tag."""
+    return {key: value for key, value in flatten(config).items()
+            if key not in RUN_LOCAL_KEYS and not key.startswith(RUN_LOCAL_GROUPS)
+            and not key.rsplit(".", 1)[-1] in ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")}
+
+
+def runs_with_hash(tracking_uri: str, experiment_name: str, digest: str, seed: int | str) -> list:
+    """Runs of ``experiment_name`` with config hash ``digest`` and ``seed``, newest first (empty without the
+    experiment)."""
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return []
-    return client.search_runs([experiment.experiment_id], filter_string=f"tags.config_hash = '{digest}'",
+    return client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.config_hash = '{digest}' and tags.seed = '{seed}'",
                               order_by=["attributes.start_time DESC"], max_results=1000)
 
 
@@ -161,13 +191,17 @@ def git_commit(directory: str | Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def variant_label(overrides: Sequence[str]) -> str:
+def variant_overrides(overrides: Sequence[str]) -> list[str]:
     """What distinguishes a sweep job's configuration from the others', for grouping its folds and seeds:
     its command-line overrides without ``seed``, ``fold`` and the keys that do not change the result."""
-    ignored = {"seed", "fold", *RUN_LOCAL_KEYS}
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ignored
-            and not o.lstrip("+~").startswith("logger.")]
-    return " ".join(kept) or "default"
+    ignored = {"fold", *RUN_LOCAL_KEYS}
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ignored
+            and not o.lstrip("+~").startswith(RUN_LOCAL_GROUPS)]
+
+
+def variant_label(overrides: Sequence[str]) -> str:
+    """:func:`variant_overrides` as one label, ``default`` when there are none."""
+    return " ".join(variant_overrides(overrides)) or "default"
 
 
 def runs_frame(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
@@ -303,3 +337,104 @@ def log_leaderboard_run(tracking_uri: str, experiment: str, files: Sequence[Path
         client.log_artifact(run.info.run_id, str(path))
     client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+COMPARISON_VIEW = "brainbench"
+"""The key of the runs-table view brainbench saves in each experiment (:func:`save_comparison_view`)."""
+COMPARISON_TAGS = ("challenge", "edition", "model", "fold", "seed", "data_source", "config_hash")
+"""The tags a researcher compares runs by, shown as columns of that view."""
+
+
+def _column(kind: str, key: str) -> str:
+    """The runs table's column id of a run's tag or metric (``tags.`seed```), as MLflow's UI names it."""
+    return f"{kind}.`{key}`"
+
+
+def save_comparison_view(tracking_uri: str, experiment_id: str, metric_keys: Sequence[str]) -> None:
+    """Save a view of the experiment's runs table with brainbench's tags and ``metric_keys`` (the edition's
+    headline metrics in its region order; MLflow would sort them by name) as columns, and run names wide
+    enough to show the seed — the state MLflow's own "Share" button saves (experiment tag
+    ``mlflow.sharedViewState.<key>``), opened by :func:`runs_table_url`. A fresh MLflow runs table shows
+    no tag or metric column at all."""
+    run_name = "attributes.`Run Name`"
+    columns = [_column("tags", tag) for tag in COMPARISON_TAGS] + [_column("metrics", key) for key in metric_keys]
+    view = {"selectedColumns": columns, "columnOrder": [run_name, *columns], "columnWidths": {run_name: 420}}
+    client = MlflowClient(tracking_uri=tracking_uri)
+    key, value = f"mlflow.sharedViewState.{COMPARISON_VIEW}", json.dumps(view)
+    if client.get_experiment(experiment_id).tags.get(key) == value:
+        return
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except mlflow.exceptions.MlflowException:
+        # a sweep's parallel jobs set it at once: MLflow's SQL store checks for the tag, then inserts it, and the
+        # slower job hits the unique key; the tag exists now, and setting it again updates it
+        client.set_experiment_tag(experiment_id, key, value)
+
+
+def runs_table_url(tracking_uri: str, experiment_id: str) -> str:
+    """Where a user compares an experiment's runs: its runs table in brainbench's view (MLflow 3's experiment
+    page otherwise opens on a GenAI/traces overview). A SQLite store needs ``mlflow ui`` started on it first."""
+    page = f"#/experiments/{experiment_id}/runs?viewStateShareKey={COMPARISON_VIEW}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}, then http://127.0.0.1:5000/{page}"
+
+
+def moved_artifact_location(tracking_uri: str, experiment_id: str) -> str | None:
+    """A warning when a SQLite store's experiment keeps its artifacts outside the store's folder — what a
+    copied or moved ``mlflow.db`` does: MLflow stores each experiment's artifact location as an absolute
+    path when it creates the experiment, so new runs would write their artifacts into the original folder."""
+    store = sqlite_store_folder(tracking_uri)
+    if store is None:
+        return None
+    location = MlflowClient(tracking_uri=tracking_uri).get_experiment(experiment_id).artifact_location
+    path = Path(location.removeprefix("file://"))
+    if "://" in location.removeprefix("file://") or path.is_relative_to(store):
+        return None
+    return (f"experiment {experiment_id} of {tracking_uri} stores its artifacts in {location}, outside the store's "
+            f"folder {store} (MLflow keeps the location an experiment was created with, also in a copied or moved "
+            "store): this run's artifacts go there; name a new experiment (logger.experiment_name=...) to keep "
+            "them beside the store")
+
+
+def metric_history(tracking_uri: str, run_id: str, keys: Sequence[str]) -> pd.DataFrame:
+    """Every logged value of ``keys`` of a run: columns ``key``, ``step``, ``value`` (learning curves)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    rows = [{"key": key, "step": m.step, "value": m.value}
+            for key in keys for m in client.get_metric_history(run_id, key)]
+    return pd.DataFrame(rows, columns=["key", "step", "value"])
+
+
+def log_dataset(tracking_uri: str, run_id: str, cases: pd.DataFrame, source: str, name: str, context: str) -> None:
+    """Log ``cases`` (one row per case: id, files, grade…) as an MLflow dataset input of the run, in MLflow's
+    own slot (``Dataset`` column, run page), with ``context`` (training, validation, test)."""
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice (schemes "" and "file") and
+        warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+        dataset = mlflow.data.from_pandas(cases, source=source, name=name)  # says so on every local source
+    inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)])]
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except mlflow.exceptions.MlflowException:
+        # parallel jobs logging one dataset (the folds' common test cases) race to insert it, as for the view
+        # in save_comparison_view; by now it exists
+        client.log_inputs(run_id, datasets=inputs)
+
+
+def log_model(tracking_uri: str, run_id: str, net: Any, version: str, registered_name: str | None = None) -> None:
+    """Log the trained net as the run's MLflow model (``mlflow.pytorch``, pickle format: the pt2 format needs
+    an example input per model), registered as a new version of ``registered_name`` when given, loadable
+    with ``mlflow.pytorch.load_model`` wherever brainbench ``version`` is installed (the module is pickled:
+    load only models you trust)."""
+    import mlflow.pytorch  # here: it imports torch and Lightning, which leaderboards and reproduce do not need
+
+    mlflow.set_tracking_uri(tracking_uri)
+    pytorch_log = logging.getLogger("mlflow.pytorch")
+    level = pytorch_log.level
+    pytorch_log.setLevel(logging.ERROR)  # its warning recommends pt2, which needs an example input per model
+    try:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.pytorch.log_model(net, name="model", registered_model_name=registered_name,
+                                     pip_requirements=[f"brainbench=={version}"], serialization_format="pickle")
+    finally:
+        pytorch_log.setLevel(level)

@@ -10,9 +10,16 @@ a resumed fit as in an uninterrupted one (the segments already depend only on se
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import random
+import sys
+import time
+import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +27,26 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.loggers import MLFlowLogger
 from torch import nn
 
+from brainbench.progress import quiet, report
 from brainbench.training.phases import Phase
 from brainbench.training.task import SegmentationTask
 
 FINAL_WEIGHTS = "final.pt"
 """A phase's net weights when it ended: its mark of completion."""
+
+LIGHTNING_NOTICES = ("💡 Tip:", "GPU available:", "TPU available:")
+"""Starts of the INFO records Lightning logs at every ``Trainer()`` that no flag turns off: advertisements for
+its cloud services (shown whenever the logger is not Lightning's own) and the accelerators present, which
+the run's config already states. A warning such as "GPU available but not used" still shows."""
+
+LIGHTNING_INFO_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+"""The loggers Lightning's ``rank_zero_info`` writes through (the last of its packages imported sets it)."""
+
+log = logging.getLogger(__name__)
 
 
 class RunLogger(MLFlowLogger):
@@ -83,7 +102,7 @@ class EpochCheckpoint(pl.Callback):
     def _save(self, trainer: pl.Trainer) -> None:
         partial = self.path.with_name(f".{self.path.name}.partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(partial)
+        trainer.save_checkpoint(partial, weights_only=False)  # the full state: optimiser and loops resume from it
         if trainer.is_global_zero:
             os.replace(partial, self.path)
 
@@ -97,6 +116,85 @@ class EpochCheckpoint(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._save(trainer)
+
+
+class EpochLines(pl.Callback):
+    """One line per epoch — ``Epoch k/n: <the epoch's logged metrics> (<seconds> s)`` — where a progress bar
+    would show nothing readable (stdout not a terminal: a pipe, CI, a notebook's subprocess); also logged,
+    so that the run log has it."""
+
+    def __init__(self, phase: str = ""):
+        self.prefix = f"{phase}: " if phase else ""
+        self._started = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = ", ".join(f"{name} {float(value):.4g}" for name, value in sorted(trainer.callback_metrics.items()))
+        report(f"{self.prefix}Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {metrics} "
+               f"({time.perf_counter() - self._started:.1f} s)", log)
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar without ``v_num`` (the logger's version: here an MLflow run id prefix)."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
+class UpstreamWarnings(pl.Callback):
+    """Ignore, in every training process (spawned DDP workers too), a warning brainbench has no part in:
+    recent torch (2.13 here) deprecates constructing ``torch.utils._pytree.LeafSpec``, which Lightning 2.6's
+    own ``pytorch_lightning/utilities/_pytree.py`` still does during a fit (FutureWarning "`isinstance(treespec,
+    LeafSpec)` is deprecated"). Drop this once Lightning stops calling it. The filter matches that message
+    only; :func:`fit_phase` scopes it to the fit in the launching process."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
+
+
+class _DropNotices(logging.Filter):
+    """Drops the records starting with one of :data:`LIGHTNING_NOTICES`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(LIGHTNING_NOTICES)
+
+
+@contextmanager
+def _quiet_upstream() -> Iterator[None]:
+    """Within the block: no :data:`LIGHTNING_NOTICES`, and the warning filters as they were before it ends."""
+    notices, loggers = _DropNotices(), [logging.getLogger(name) for name in LIGHTNING_INFO_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(notices)
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(notices)
+
+
+def progress_callbacks(cfg: DictConfig, phase: Phase) -> tuple[list[pl.Callback], bool]:
+    """How the fit shows progress, and whether Lightning's progress bar is on: the rich bar on a terminal
+    (unless ``trainer.enable_progress_bar`` is false or quiet), one line per epoch otherwise — on screen
+    unless quiet, and in the run's log file either way."""
+    if cfg.trainer.get("enable_progress_bar", True) and sys.stdout.isatty() and not quiet():
+        return [ProgressBar()], True
+    return [EpochLines(phase.name)], False
+
+
+def logging_interval(trainer: pl.Trainer, datamodule: pl.LightningDataModule) -> int:
+    """The trainer's ``log_every_n_steps``, at most the batches each process trains per epoch, so that a short
+    schedule is not told its epoch is smaller than the logging interval (metrics are logged per epoch)."""
+    loader = datamodule.train_dataloader()
+    per_process = math.ceil(len(loader.dataset) / trainer.world_size)
+    return max(1, min(trainer.log_every_n_steps, math.ceil(per_process / loader.batch_size)))
 
 
 def phase_dir(output_dir: Path, phase: Phase) -> Path:
@@ -136,10 +234,13 @@ def fit_phase(cfg: DictConfig, phase: Phase, net: nn.Module, loss: nn.Module, da
         logger = RunLogger(tracking_uri=cfg.logger.tracking_uri, run_id=logger.run_id, prefix=phase.name,
                            log_model=False)
     folder = phase_dir(output_dir, phase)
-    callbacks = [EpochCheckpoint(folder / "last.ckpt"), BatchSeed(cfg.seed, phase.name),
+    shown, progress_bar = progress_callbacks(cfg, phase)
+    callbacks = [EpochCheckpoint(folder / "last.ckpt"), BatchSeed(cfg.seed, phase.name), UpstreamWarnings(), *shown,
                  *(instantiate(callback) for callback in (cfg.model.get("callbacks") or {}).values())]
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, default_root_dir=str(output_dir),
-                                      callbacks=callbacks,
-                                      **({"max_epochs": phase.max_epochs} if phase.max_epochs else {}))
-    last = folder / "last.ckpt"
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    with _quiet_upstream():
+        trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, default_root_dir=str(output_dir),
+                                          callbacks=callbacks, enable_progress_bar=progress_bar,
+                                          **({"max_epochs": phase.max_epochs} if phase.max_epochs else {}))
+        trainer.log_every_n_steps = logging_interval(trainer, datamodule)
+        last = folder / "last.ckpt"
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)

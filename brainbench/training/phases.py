@@ -36,7 +36,7 @@ class Phase:
     """One fit of a multi-phase procedure.
 
     Args:
-        name: its key in ``model.phases``; prefixes its MLflow metrics (``<name>-train/loss``) and
+        name: its key in ``model.phases``; prefixes its MLflow metrics (``<name>-train_loss``) and
             names its checkpoint folder.
         module: dotted path of the submodule trained and called on the patches (``stage1``);
             ``None``: the whole net.
@@ -119,7 +119,7 @@ class EarlyStoppingRestoreBest(pl.Callback):
     """Stop a fit after ``patience`` validations without improving ``monitor``; at the end of the
     fit, load the weights of the best validation (Havaei: early stopping on validation, §1.7)."""
 
-    def __init__(self, monitor: str = "val/cross_entropy", mode: str = "min", patience: int = 5):
+    def __init__(self, monitor: str = "val_cross_entropy", mode: str = "min", patience: int = 5):
         if mode not in ("min", "max"):
             raise BrainbenchConfigError(f"early stopping mode: expected min or max, got {mode!r}")
         self.monitor, self.mode, self.patience = monitor, mode, patience

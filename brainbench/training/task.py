@@ -42,7 +42,7 @@ class SegmentationTask(pl.LightningModule):
 
     Args:
         net: module mapping ``*inputs`` to logits ``(N, K, ...)`` matching ``target`` ``(N, ...)``.
-        loss: ``(logits, target) → scalar`` with a ``name`` (logged as ``train/<name>``), see
+        loss: ``(logits, target) → scalar`` with a ``name`` (logged as ``train_<name>``), see
             :mod:`brainbench.training.losses`.
         optimizer: partial ``params → Optimizer`` (Hydra ``_partial_: true``).
         scheduler: optional partial ``optimizer → LR scheduler`` stepped once per epoch.
@@ -85,8 +85,8 @@ class SegmentationTask(pl.LightningModule):
         logits, target = self._logits_and_target(batch)
         segmentation_loss = self.loss(logits, target)
         loss = segmentation_loss + self._penalty()
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(target), sync_dist=True)
-        self.log(f"train/{self.loss.name}", segmentation_loss, on_step=False, on_epoch=True, batch_size=len(target),
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(target), sync_dist=True)
+        self.log(f"train_{self.loss.name}", segmentation_loss, on_step=False, on_epoch=True, batch_size=len(target),
                  sync_dist=True)
         return loss
 
@@ -95,10 +95,10 @@ class SegmentationTask(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         logits, target = self._logits_and_target(batch)
-        self.log("val/cross_entropy", F.cross_entropy(logits, target), on_step=False, on_epoch=True,
+        self.log("val_cross_entropy", F.cross_entropy(logits, target), on_step=False, on_epoch=True,
                  batch_size=len(target), sync_dist=True)
         if self.loss.name != "cross_entropy":
-            self.log(f"val/{self.loss.name}", self.loss(logits, target), on_step=False, on_epoch=True,
+            self.log(f"val_{self.loss.name}", self.loss(logits, target), on_step=False, on_epoch=True,
                      batch_size=len(target), sync_dist=True)
         classes = torch.tensor(self.foreground_classes, device=target.device)
         pred = torch.isin(logits.argmax(1), classes)
@@ -108,7 +108,8 @@ class SegmentationTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         counts = self.trainer.strategy.reduce(self._val_counts.to(self.device), reduce_op="sum")  # all processes'
         overlap, n_pred, n_ref = counts.tolist()
-        self.log("val/wt_dice_segments", 2 * overlap / (n_pred + n_ref) if n_pred + n_ref else 1.0)
+        # already summed over processes: sync_dist averages equal values (and keeps Lightning from warning)
+        self.log("val_dice_segments", 2 * overlap / (n_pred + n_ref) if n_pred + n_ref else 1.0, sync_dist=True)
 
     def on_train_start(self) -> None:
         self.train()

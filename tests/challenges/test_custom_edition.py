@@ -122,7 +122,7 @@ def test_train_and_evaluate_the_declared_cohort(cohort, config_dir, tmp_path):
     result = run_cli("train", "--config-dir", str(config_dir), "challenge=my_cohort", "data=real",
                      f"data.root={cohort}", *TINY, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Leaderboard — experiment my_cohort" in result.stdout
+    assert "— my_cohort (isles-2022 protocol)" in result.stdout
     (predictions,) = list((tmp_path / "runs").rglob("predictions"))
     (case,) = [p.name.removesuffix(".nii.gz") for p in predictions.iterdir()]
     prediction = nib.load(predictions / f"{case}.nii.gz")

@@ -99,8 +99,8 @@ def test_experiment_leaderboard_aggregates_folds_and_pools_their_cases_for_ranki
         pd.DataFrame(rows, columns=["case", "region", "metric", "value"]).to_csv(csv, index=False)
         client.log_artifact(run.info.run_id, str(csv))
         for region in ("WT", "TC", "ET"):
-            client.log_metric(run.info.run_id, f"test/{region}/dice/mean", value)
-            client.log_metric(run.info.run_id, f"test/{region}/hd95/mean", (1 - value) * 10)
+            client.log_metric(run.info.run_id, f"dice_{region}", value)
+            client.log_metric(run.info.run_id, f"hd95_{region}", (1 - value) * 10)
         client.set_terminated(run.info.run_id)
     result = brainbench("leaderboard", "--experiment", "cv", "--tracking-uri", uri, "--out-dir", "out",
                         "--bootstrap", "0", cwd=tmp_path)

@@ -151,13 +151,12 @@ def test_reference_error_in_a_worker_is_raised_as_serially(folders, tmp_path):
     assert messages[0] == messages[1] and "label values [3] are not allowed" in messages[0]
 
 
-def test_progress_bar_only_when_asked(folders, capfd):
+def test_no_progress_output_off_a_terminal(folders, capfd):
+    """The bar is drawn only on a terminal (brainbench.progress.track, tested in tests/test_progress.py)."""
     alpha = folders["teams"][0]
-    evaluate_folders(alpha, folders["references"], REGIONS, PROTOCOL, LABELS)
-    assert capfd.readouterr() == ("", "")
-    evaluate_folders(alpha, folders["references"], REGIONS, PROTOCOL, LABELS, progress=True)
-    out, err = capfd.readouterr()
-    assert out == "" and f"{len(CASES)}/{len(CASES)}" in err
+    for progress in (False, True):
+        evaluate_folders(alpha, folders["references"], REGIONS, PROTOCOL, LABELS, progress=progress)
+        assert capfd.readouterr() == ("", "")
 
 
 def test_workers_import_no_torch(folders, tmp_path):

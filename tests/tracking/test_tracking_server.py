@@ -29,9 +29,9 @@ from tests.servers import job_processes, mlflow_server, postgres_database
 
 JOBS, EPOCHS, STEPS_PER_EPOCH = 4, 5, 20
 EXPERIMENT = "parallel-sweep"
-VAL_METRICS = ("val/cross_entropy", "val/ce_dice", "val/wt_dice_segments", "val/tc_dice_segments",
-               "val/et_dice_segments")
-TRAIN_METRICS = ("train/loss", "train/ce_dice", "train/cross_entropy", "lr-SGD", "epoch")
+VAL_METRICS = ("val_cross_entropy", "val_ce_dice", "val_dice_segments", "val_tc_dice_segments",
+               "val_et_dice_segments")
+TRAIN_METRICS = ("train_loss", "train_ce_dice", "train_cross_entropy", "lr-SGD", "epoch")
 
 
 def log_like_trainer(tracking_uri: str, job: int, start: Barrier, folder: Path) -> None:
@@ -96,9 +96,8 @@ def assert_everything_arrived(tracking_uri: str, records: list[dict], folder: Pa
         assert Path(local).read_text() == record["artifact"]
 
 
-def test_parallel_jobs_lose_nothing_on_sqlite(tmp_path, monkeypatch):
+def test_parallel_jobs_lose_nothing_on_sqlite(tmp_path):
     context = job_processes()  # its imports overlap the store's migration
-    monkeypatch.chdir(tmp_path)  # the SQLite store's artifacts go to ./mlruns of the jobs' folder
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ensure_experiment(uri, EXPERIMENT)  # the launching process migrates the fresh store (see ensure_experiment)
     records = run_parallel_jobs(context, uri, tmp_path)

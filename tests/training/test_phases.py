@@ -165,10 +165,10 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(datam
             self.values, self.states = [], []
 
         def on_validation_end(self, trainer, pl_module):
-            self.values.append(float(trainer.callback_metrics["val/cross_entropy"]))
+            self.values.append(float(trainer.callback_metrics["val_cross_entropy"]))
             self.states.append(snapshot(pl_module.net))
 
-    record, stopper = Record(), EarlyStoppingRestoreBest(monitor="val/cross_entropy", mode="min", patience=1)
+    record, stopper = Record(), EarlyStoppingRestoreBest(monitor="val_cross_entropy", mode="min", patience=1)
     net = TwoPathCNN(**TINY)
     fit(Phase("all"), net, datamodule, callbacks=[record, stopper], max_epochs=6, lr=0.5)
     best = int(np.argmin(record.values))

@@ -143,11 +143,11 @@ def test_ddp_on_two_cpu_processes_logs_one_run(workdir, monkeypatch):
     (run,) = runs_of(client, "ddp")
     assert run.info.status == "FINISHED"
     assert run.data.params["trainer.devices"] == "2"
-    for key in ("train/loss", "val/cross_entropy"):  # 2 epochs, one value each (rank 0 logs)
+    for key in ("train_loss", "val_cross_entropy"):  # 2 epochs, one value each (rank 0 logs)
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert len(steps) == 2 and len(set(steps)) == 2, (key, steps)
-    tests = [key for key in run.data.metrics if key.startswith("test/")]
-    assert {"test/WT/dice/mean", "test/ET/hd95/median"} <= set(tests)
+    tests = [key for key in run.data.metrics if key.startswith(("dice_", "hd95_"))]
+    assert {"dice_WT", "hd95_ET"} <= set(tests)
     assert all(len(client.get_metric_history(run.info.run_id, key)) == 1 for key in tests)  # evaluated once
     output_dir = Path(run.data.tags["output_dir"])
     checkpoint = torch.load(output_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
@@ -162,8 +162,8 @@ def test_ddp_on_two_cpu_processes_logs_one_run(workdir, monkeypatch):
     monkeypatch.chdir(workdir)  # the run's data and cache folders are relative to where it ran
     cross_entropy, dice = validation_by_hand(output_dir / "checkpoints" / "last.ckpt")
     last = run.data.metrics  # the latest value of each: the last epoch's, with the checkpoint's weights
-    assert last["val/cross_entropy"] == pytest.approx(cross_entropy, rel=1e-4)
-    assert last["val/wt_dice_segments"] == pytest.approx(dice, rel=1e-4)
+    assert last["val_cross_entropy"] == pytest.approx(cross_entropy, rel=1e-4)
+    assert last["val_dice_segments"] == pytest.approx(dice, rel=1e-4)
 
 
 LAUNCHERS = {"submitit_local": ("hydra_submitit_launcher", "launchers"), "ray": ("hydra_ray_launcher", "ray")}
@@ -183,7 +183,7 @@ def test_launcher_sweep_runs_both_jobs(workdir, launcher):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = runs_of(client, launcher)
     assert sorted(run.data.tags["seed"] for run in runs) == ["1", "2"]
-    assert all(run.info.status == "FINISHED" and "test/WT/dice/mean" in run.data.metrics for run in runs)
+    assert all(run.info.status == "FINISHED" and "dice_WT" in run.data.metrics for run in runs)
     sweep = yaml.safe_load((workdir / "sweeps" / launcher / "multirun.yaml").read_text())
     assert sweep["hydra"]["launcher"]["_target_"].startswith(f"hydra_plugins.{plugin}.")
     parents = {run.data.tags.get("mlflow.parentRunId") for run in runs}
@@ -204,4 +204,4 @@ def test_optuna_sweep_maximises_what_train_returns(workdir):
     learning_rates = [float(run.data.params["model.optimizer.lr"]) for run in runs]
     assert len(set(learning_rates)) == 2 and all(1e-4 <= lr <= 1e-2 for lr in learning_rates)
     best = yaml.safe_load((workdir / "sweeps" / "optuna" / "optimization_results.yaml").read_text())
-    assert best["best_value"] == pytest.approx(max(run.data.metrics["val/wt_dice_segments"] for run in runs))
+    assert best["best_value"] == pytest.approx(max(run.data.metrics["val_dice_segments"] for run in runs))

@@ -25,7 +25,7 @@ def test_a_configuration_is_named_by_its_overrides_without_seed_fold_and_logging
     assert variant_label(["seed=0", "fold=0"]) == "default"
 
 
-def test_the_config_hash_ignores_where_a_run_writes_but_not_what_it_computes(tmp_path):
+def test_the_config_hash_ignores_the_seed_and_where_a_run_writes_but_not_what_it_computes(tmp_path):
     def resolved(*overrides):
         return OmegaConf.to_container(compose([f"paths.data_dir={tmp_path}", *overrides]), resolve=False)
 
@@ -33,5 +33,6 @@ def test_the_config_hash_ignores_where_a_run_writes_but_not_what_it_computes(tmp
     moved = {**base, "paths": {**base["paths"], "output_dir": "/elsewhere"}, "resume": True,
              "logger": {**base["logger"], "tracking_uri": "http://127.0.0.1:5000", "parent_run_id": "abc"}}
     assert config_hash(moved) == config_hash(base)
-    assert config_hash(resolved("seed=2")) != config_hash(base)
+    assert config_hash(resolved("seed=2")) == config_hash(base)  # the seeds of one configuration share it
     assert config_hash(resolved("seed=1", "fold=0")) != config_hash(base)
+    assert config_hash(resolved("seed=1", "trainer.max_epochs=7")) != config_hash(base)  # the default is 6

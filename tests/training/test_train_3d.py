@@ -11,6 +11,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from brainbench.challenges import EDITIONS
 from brainbench.config import compose
@@ -39,6 +40,11 @@ def trains_and_beats_a_trivial_labelling(workdir: Path, edition: str, *overrides
     return result, logged_run(workdir)
 
 
+def logged_config(run):
+    """The run's resolved config as written in its folder (the classes are not MLflow params)."""
+    return OmegaConf.load(Path(run.data.tags["output_dir"]) / "config.yaml")
+
+
 @pytest.mark.slow
 def test_deepmedic_plus_with_the_crf_and_ce_dice_beats_a_trivial_labelling(tmp_path):
     _, run = trains_and_beats_a_trivial_labelling(
@@ -46,9 +52,9 @@ def test_deepmedic_plus_with_the_crf_and_ce_dice_beats_a_trivial_labelling(tmp_p
         "model.net.feature_maps=[8,8,8,8,8,8,12,12]", "model.net.fc_feature_maps=[16,16]",
         "sampler.segments_per_epoch=200", "sampler.val_segments=10", "trainer.max_epochs=3")
     assert run.data.params["postprocess.name"] == "crf" and run.data.params["model.name"] == "deepmedic_plus"
-    assert run.data.params["model.net._target_"].endswith("DeepMedicPlus")
+    assert logged_config(run).model.net._target_.endswith("DeepMedicPlus")
     assert run.data.params["inference.brain_box"] == "True"
-    assert "train/cross_entropy_dice" in run.data.metrics and "val/cross_entropy_dice" in run.data.metrics
+    assert "train_cross_entropy_dice" in run.data.metrics and "val_cross_entropy_dice" in run.data.metrics
 
 
 @pytest.mark.slow
@@ -57,7 +63,7 @@ def test_unet3d_on_mrbrains13_beats_a_trivial_labelling(tmp_path):
         tmp_path, "mrbrains13", "model=unet3d", "data.synth.spacing_mm=[2.0,2.0,3.0]", *COMMON,
         "model.net.widths=[8,16,32]", "model.segments.patch_size=32", "sampler.segments_per_epoch=40",
         "sampler.batch_size=2", "sampler.val_segments=4", "trainer.max_epochs=4")
-    assert run.data.params["model.net._target_"].endswith("UNet3D") and "train/cross_entropy" in run.data.metrics
+    assert logged_config(run).model.net._target_.endswith("UNet3D") and "train_cross_entropy" in run.data.metrics
 
 
 @pytest.mark.slow
@@ -65,9 +71,10 @@ def test_brosch_cen_with_the_sensitivity_specificity_loss_beats_a_trivial_labell
     _, run = trains_and_beats_a_trivial_labelling(
         tmp_path, "msseg2016", "model=brosch_cen", *COMMON, "model.net.kernel_sizes=[5,3]", "model.net.filters=[8,8]",
         "sampler.segments_per_epoch=16", "trainer.max_epochs=4")
-    assert run.data.params["model.net._target_"].endswith("BroschCEN") and run.data.params["model.net.shortcut"] == "True"
-    assert run.data.params["loss._target_"].endswith("SensitivitySpecificity") and run.data.params["loss.r"] == "0.05"
-    assert "train/sensitivity_specificity" in run.data.metrics and "val/sensitivity_specificity" in run.data.metrics
+    config = logged_config(run)
+    assert config.model.net._target_.endswith("BroschCEN") and run.data.params["model.net.shortcut"] == "True"
+    assert config.loss._target_.endswith("SensitivitySpecificity") and run.data.params["loss.r"] == "0.05"
+    assert "train_sensitivity_specificity" in run.data.metrics and "val_sensitivity_specificity" in run.data.metrics
 
 
 @pytest.mark.slow
@@ -82,8 +89,8 @@ def test_dou_cascade_on_valdo2021_beats_a_trivial_labelling_and_mines_hard_negat
     log = result.stdout + result.stderr  # Hydra's job log goes to stdout
     mined = re.search(r"hard-negative mining over \d+ cases: (\d+) CMB centres, (\d+) hard negatives", log)
     assert mined and int(mined[1]) > 0 and int(mined[2]) > 0, log[-3000:]
-    assert {"screening-train/loss", "discrimination-train/loss"} <= set(run.data.metrics)
-    assert run.data.metrics["test/cmb/lesion_tpr/mean"] > 0
+    assert {"screening-train_loss", "discrimination-train_loss"} <= set(run.data.metrics)
+    assert run.data.metrics["lesion_tpr_cmb"] > 0
 
 
 @pytest.mark.parametrize("model, edition", [("deepmedic", "brats2020"), ("deepmedic_plus", "brats2020"),

@@ -28,8 +28,14 @@ FAMILIES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("edition", sorted(FAMILIES))
 def test_train_on_synthetic_look_alike_beats_trivial_baselines(tmp_path, edition):
-    result = brainbench("train", f"challenge={edition}", *SMALL, *FAMILIES[edition], cwd=tmp_path)
+    """Run as the README's quiet line, ``BRAINBENCH_QUIET=1 brainbench train``: the results table is printed,
+    the epoch lines and INFO messages are not, and they are in the run's log file."""
+    result = brainbench("train", f"challenge={edition}", *SMALL, *FAMILIES[edition], cwd=tmp_path,
+                        env={"BRAINBENCH_QUIET": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert f"Leaderboard — experiment {edition}" in result.stdout
+    assert f"— {edition} (" in result.stdout  # the run's results table
+    assert "Epoch " not in result.stdout and "Compare runs:" not in result.stdout
+    (log,) = list((tmp_path / "runs").rglob("run.log"))
+    assert "Epoch 3/3" in log.read_text()
     achieved, baseline, value = held_out_dice_and_baseline(tmp_path, edition)
     assert achieved > baseline, f"{edition}: mean Dice {achieved:.3f} ≤ {baseline:.3f} of the brain labelled {value}"

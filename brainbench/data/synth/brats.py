@@ -53,6 +53,7 @@ from brainbench.data.synth.subject import (
     subject_tissues,
 )
 from brainbench.errors import BrainbenchConfigError
+from brainbench.progress import track
 
 GENERATOR = "brainbench.synth.brats"
 MODALITIES = ("flair", "t1", "t1ce", "t2")
@@ -158,7 +159,7 @@ def synthesize_brats(
     generator = GENERATOR if edition == "brats2020" else f"{GENERATOR}.{edition}"
     prepare_root(root, generator, config, overwrite, real_data_glob(edition))
     folders = []
-    for index in range(int(n_cases)):
+    for index in track(range(int(n_cases)), f"Synthesising {edition}"):
         files = case_files(root, index, edition)
         if overwrite or not all(path.is_file() for path in files.values()):
             _write_case(synthesize_case(int(seed), index, float(spacing_mm)), files, edition, int(seed), index)

@@ -37,6 +37,7 @@ from brainbench.data.synth.common import (ADULT_LABELS, JUXTACORTICAL, PERIVENTR
                                           sample_subject, start_run)
 from brainbench.data.synth.subject import render
 from brainbench.io import Grid, save_volume, write_atomic
+from brainbench.progress import track
 
 CLASSES = ("csf", "gm", "wm", "cmb", "vessel", "calcification")
 CONTRASTS = {
@@ -209,7 +210,7 @@ def synthesize_valdo2021(root: str | Path, n_cases: int = 8, spacing_mm=(1.0, 1.
     """
     root, grid, seed, n_cases = _start(root, "valdo2021", n_cases, spacing_mm, seed, overwrite, "sub-*")
     folders = []
-    for index in range(n_cases):
+    for index in track(range(n_cases), "Synthesising valdo2021"):
         case_id = f"sub-{index + 1:03d}"
         folder = root / case_id
         images = {m: folder / f"{valdo_stem(case_id, token)}.nii.gz" for m, token in VALDO_FILES.items()}
@@ -233,7 +234,7 @@ def synthesize_dou2016(root: str | Path, n_cases: int = 8, spacing_mm=(1.0, 1.0,
     """
     root, grid, seed, n_cases = _start(root, "dou2016", n_cases, spacing_mm, seed, overwrite, DOU_IMAGES)
     scans = []
-    for index in range(n_cases):
+    for index in track(range(n_cases), "Synthesising dou2016"):
         study = f"{index + 1:02d}"
         scan, points = root / DOU_IMAGES / f"{study}.nii", root / DOU_POINTS / f"{study}.mat"
         if needs_writing([scan, points], overwrite):

@@ -54,6 +54,7 @@ from brainbench.data.synth.subject import (
     subject_tissues,
 )
 from brainbench.errors import BrainbenchConfigError
+from brainbench.progress import track
 
 GENERATOR = "brainbench.synth.isles"
 STRUCTURAL = {
@@ -159,7 +160,7 @@ def synthesize_isles(
         _write_bids_metadata(root)
     channels = EDITIONS[edition].modalities
     folders = []
-    for index in range(int(n_cases)):
+    for index in track(range(int(n_cases)), f"Synthesising {edition}"):
         files = case_files(root, index, edition)
         if overwrite or not all(path.is_file() for path in files.values()):
             case = synthesize_stroke_case(int(seed), index, float(spacing_mm), channels)

@@ -31,6 +31,7 @@ from brainbench.data.synth.common import (
 )
 from brainbench.data.synth.subject import ellipsoid_radius, random_rotation, render
 from brainbench.errors import BrainbenchConfigError
+from brainbench.progress import track
 
 CLASSES = ("csf", "gm", "wm", "lesion", "enhancing")
 CONTRASTS = {
@@ -144,7 +145,7 @@ def synthesize_msseg2016(root: str | Path, n_cases: int = 6, spacing_mm=2.0, see
     root, grid, seed, n_cases = _start(root, "msseg2016", n_cases, spacing_mm, seed, overwrite,
                                 "Center_*" if layout == "original" else "*/Consensus.nii*", layout=layout)
     folders = []
-    for index in range(n_cases):
+    for index in track(range(n_cases), "Synthesising msseg2016"):
         center, patient = MSSEG_CENTERS[index % 3], index // 3 + 1
         if layout == "original":
             folder = root / f"Center_{center:02d}" / f"Patient_{patient:02d}"
@@ -180,7 +181,7 @@ def synthesize_isbi2015(root: str | Path, n_cases: int = 2, spacing_mm=2.0, seed
     root, grid, seed, n_cases = _start(root, "isbi2015", n_cases, spacing_mm, seed, overwrite, "training/training*",
                                 n_timepoints=n_timepoints)
     folders = []
-    for index in range(n_cases):
+    for index in track(range(n_cases), "Synthesising isbi2015"):
         name = f"training{index + 1:02d}"
         folder = root / "training" / name
         rng = np.random.default_rng([seed, index])
@@ -215,7 +216,7 @@ def synthesize_miccai2008(root: str | Path, n_cases: int = 4, spacing_mm=2.0, se
     """
     root, grid, seed, n_cases = _start(root, "miccai2008", n_cases, spacing_mm, seed, overwrite, "*_train_Part*")
     folders = []
-    for index in range(n_cases):
+    for index in track(range(n_cases), "Synthesising miccai2008"):
         site = ("CHB", "UNC")[index % 2]
         case = f"{site}_train_Case{index // 2 + 1:02d}"
         folder = root / f"{site}_train_Part1" / case

@@ -36,6 +36,7 @@ from brainbench.data.synth.common import (
 from brainbench.data.synth.ms import grow_lesions
 from brainbench.data.synth.subject import ellipsoid_radius, random_rotation, render
 from brainbench.errors import BrainbenchConfigError
+from brainbench.progress import track
 
 GENERATOR = "brainbench.synth.tissue"
 MRBRAINS_FOV_MM = (240 * 0.958, 240 * 0.958, 48 * 3.0)
@@ -110,7 +111,7 @@ def synthesize_mrbrains13(root: str | Path, n_cases: int = 5, n_test: int = 0, s
     merge[list(TISSUE_OF_STRUCTURE)] = list(TISSUE_OF_STRUCTURE.values())
     folders = []
     splits = list(MRBRAINS13_SPLITS)
-    for index in range(n_cases + n_test):
+    for index in track(range(n_cases + n_test), "Synthesising mrbrains13"):
         training = index < n_cases
         folder = root / splits[0 if training else 1] / str(index + 1 if training else index - n_cases + 1)
         images = {m: folder / f"{stem}.nii" for m, stem in MRBRAINS13_FILES.items()}
@@ -146,7 +147,7 @@ def synthesize_mrbrains18(root: str | Path, n_cases: int = 7, spacing_mm=MRBRAIN
     grid = release_grid(MRBRAINS_FOV_MM, spacing)
     ids = [*MRBRAINS18_IDS, *(str(149 + k) for k in range(max(0, n_cases - len(MRBRAINS18_IDS))))]
     folders = []
-    for index in range(n_cases):
+    for index in track(range(n_cases), "Synthesising mrbrains18"):
         folder = root / "training" / ids[index]
         images = {m: folder / f"{stem}.nii.gz" for m, stem in MRBRAINS18_FILES.items()}
         if needs_writing([*images.values(), folder / "segm.nii.gz"], overwrite):
@@ -198,7 +199,7 @@ def synthesize_neobrains12(root: str | Path, n_cases: int = 2, spacing_mm: float
         in_plane = image_set.spacing_mm[0] if spacing is None else spacing
         fov = tuple(n * s for n, s in zip(image_set.shape, image_set.spacing_mm))
         grid = release_grid(fov, (in_plane, in_plane, image_set.spacing_mm[2]), image_set.axes)
-        for index in range(n_cases):
+        for index in track(range(n_cases), f"Synthesising neobrains12 {name}"):
             number = set_index * n_cases + index + 1
             folder = root / image_set.training_folder / f"example{number}"
             names = ("T1", "T2") if number % 2 else ("T1_1-2", "T2_1-1")
