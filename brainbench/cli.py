@@ -323,11 +323,12 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 
 def _require_sqlite_store(uri: str) -> None:
     """Refuse a SQLite tracking URI whose file is missing: MLflow would create an empty store there."""
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
-        if not path.is_file():
-            raise BrainbenchError(f"{path}: no MLflow store found (tracking URI {uri}); run the command in the "
-                                  "folder that holds it or pass --tracking-uri")
+    from brainbench.tracking.mlflow import sqlite_store_file
+
+    path = sqlite_store_file(uri)
+    if path is not None and not path.is_file():
+        raise BrainbenchError(f"{path}: no MLflow store found (tracking URI {uri}); run the command in the "
+                              "folder that holds it or pass --tracking-uri")
 
 
 def _submissions_board(args: argparse.Namespace):

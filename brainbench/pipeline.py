@@ -42,12 +42,13 @@ from brainbench.errors import BrainbenchConfigError, BrainbenchError
 from brainbench.evaluation.evaluate import evaluate_folders, write_metrics_csv
 from brainbench.evaluation.leaderboard import (case_statistics, cell_legend, headline_metrics, headline_values,
                                                metric_key, print_leaderboard, statistics_table)
-from brainbench.evaluation.plots import case_metric_figure, learning_curves_figure, overlay_figure, save_figure
+from brainbench.evaluation.plots import (case_metric_figure, is_training_curve, learning_curves_figure, overlay_figure,
+                                         save_figure)
 from brainbench.evaluation.protocols import METRIC_UNITS, protocol_for
 from brainbench.inference.device import InferenceSettings, resolve_device
 from brainbench.inference.predict import Predictions, predict_cases
 from brainbench.io import existing_dir, load_label, load_volume
-from brainbench.progress import quiet, run_log, set_quiet
+from brainbench.progress import quiet, quiet_consoles, run_log, set_quiet
 from brainbench.tracking.mlflow import (MODEL_ARTIFACTS, config_hash, download_run_model, ensure_experiment, git_commit,
                                         log_dataset, log_model, metric_history, moved_artifact_location, run_params,
                                         runs_table_url, runs_with_hash, save_comparison_view, sweep_parent_run,
@@ -232,8 +233,6 @@ class LaunchInfo:
 RUN_LOG = "run.log"
 """The run's log file in its folder (brainbench's and Lightning's messages, warnings), logged to MLflow."""
 MODEL_CARD = "model_card.md"
-TRAINING_CURVES = ("train_", "val_")
-"""Prefixes of the per-epoch metrics the learning-curve figure draws (a phase's are ``<phase>-train_…``)."""
 
 
 def train(cfg: DictConfig) -> float:
@@ -246,10 +245,8 @@ def train(cfg: DictConfig) -> float:
     """
     if cfg.get("quiet"):
         set_quiet(True)
-    if quiet():  # the consoles Hydra (conf/hydra/job_logging) and MLflow set up show warnings only
-        for handler in (*logging.getLogger().handlers, *logging.getLogger("mlflow").handlers):
-            if type(handler) is logging.StreamHandler:
-                handler.setLevel(logging.WARNING)
+    if quiet():
+        quiet_consoles()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)  # first: building the net draws its initial weights
     parts = build_parts(cfg)
     edition = parts.adapter.edition
@@ -451,7 +448,7 @@ def run_figures(cfg: DictConfig, edition: Edition, case: Case, predictions: Pred
     overlay = save_figure(overlay_figure(image, reference, prediction, edition.label_names, spacing=grid.spacing,
                                          title=f"{cfg.run_name} — {case.case_id} ({data_source} data)"),
                           folder / f"overlay_{case.case_id}.png")
-    keys = [key for key in client.get_run(run_id).data.metrics if key.split("-")[-1].startswith(TRAINING_CURVES)]
+    keys = [key for key in client.get_run(run_id).data.metrics if is_training_curve(key)]
     curves = save_figure(learning_curves_figure(metric_history(cfg.logger.tracking_uri, run_id, sorted(keys)),
                                                 title=f"{cfg.run_name}: learning curves"),
                          folder / "learning_curves.png")

@@ -54,12 +54,21 @@ def track(iterable: Iterable[T], description: str, total: int | None = None) -> 
         yield from iterable
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
         yield from bar.track(iterable, total=total, description=description)
+
+
+def quiet_consoles() -> None:
+    """Raise the console handlers that logging already has — Hydra's (conf/hydra/job_logging) on the root
+    logger, MLflow's own — to warnings, for quiet mode; file handlers (the run log) keep everything."""
+    for handler in (*logging.getLogger().handlers, *logging.getLogger("mlflow").handlers):
+        if type(handler) is logging.StreamHandler:
+            handler.setLevel(logging.WARNING)
 
 
 def report(message: str, logger: logging.Logger) -> None:

@@ -173,7 +173,7 @@ def learning_curves_figure(history: pd.DataFrame, title: str = "") -> Figure:
     if missing:
         raise BrainbenchError(f"learning curves: the metric history lacks column(s) {sorted(missing)} "
                               f"(expected key, step, value; found {list(history.columns)})")
-    curves = history[[_parts(str(key))[1] in ("train", "val") for key in history["key"]]]
+    curves = history[[is_training_curve(str(key)) for key in history["key"]]]
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     figure.suptitle(title or "learning curves")
     if curves.empty:
@@ -350,6 +350,12 @@ def _grey_window(image: np.ndarray) -> tuple[float, float]:
     values = image[image != 0] if image.any() else image.ravel()
     low, high = np.percentile(values, (1, 99)) if values.size else (0.0, 1.0)
     return float(low), (float(high) if high > low else float(low) + 1.0)
+
+
+def is_training_curve(key: str) -> bool:
+    """Whether a run metric is a per-epoch training or validation value (``train_*``, ``val_*``, also behind a
+    phase's prefix, ``<phase>-train_loss``): what :func:`learning_curves_figure` draws."""
+    return _parts(key)[1] in ("train", "val")
 
 
 def _parts(key: str) -> tuple[str, str, str]:

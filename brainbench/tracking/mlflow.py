@@ -16,7 +16,7 @@ import logging
 import subprocess
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +57,19 @@ def ensure_experiment(tracking_uri: str, experiment_name: str) -> str:
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is not None:
         return experiment.experiment_id
-    store = sqlite_store_folder(tracking_uri)
-    location = (store / "mlartifacts" / experiment_name).as_uri() if store is not None else None
+    store = sqlite_store_file(tracking_uri)
+    location = (store.parent / "mlartifacts" / experiment_name).as_uri() if store is not None else None
     try:
         return client.create_experiment(experiment_name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created concurrently by another process
         return client.get_experiment_by_name(experiment_name).experiment_id
 
 
-def sqlite_store_folder(tracking_uri: str) -> Path | None:
-    """The folder holding a ``sqlite:///`` store's file; None for any other tracking URI."""
+def sqlite_store_file(tracking_uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` store (absolute); None for any other tracking URI."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
-    return Path(tracking_uri.removeprefix("sqlite:///").split("?")[0]).resolve().parent
+    return Path(tracking_uri.removeprefix("sqlite:///").split("?")[0]).resolve()
 
 
 class SweepTracking(Callback):
@@ -363,12 +363,17 @@ def save_comparison_view(tracking_uri: str, experiment_id: str, metric_keys: Seq
     key, value = f"mlflow.sharedViewState.{COMPARISON_VIEW}", json.dumps(view)
     if client.get_experiment(experiment_id).tags.get(key) == value:
         return
+    _again_after_a_race(lambda: client.set_experiment_tag(experiment_id, key, value))
+
+
+def _again_after_a_race(write: Callable[[], None]) -> None:
+    """``write`` once more when it fails: a sweep's parallel jobs writing one experiment tag or one dataset at
+    once race in MLflow's SQL store, which checks for the row, then inserts it, so that the slower job hits
+    the unique key; by then the row exists, and the second write updates or links it."""
     try:
-        client.set_experiment_tag(experiment_id, key, value)
+        write()
     except mlflow.exceptions.MlflowException:
-        # a sweep's parallel jobs set it at once: MLflow's SQL store checks for the tag, then inserts it, and the
-        # slower job hits the unique key; the tag exists now, and setting it again updates it
-        client.set_experiment_tag(experiment_id, key, value)
+        write()
 
 
 def runs_table_url(tracking_uri: str, experiment_id: str) -> str:
@@ -384,12 +389,13 @@ def moved_artifact_location(tracking_uri: str, experiment_id: str) -> str | None
     """A warning when a SQLite store's experiment keeps its artifacts outside the store's folder — what a
     copied or moved ``mlflow.db`` does: MLflow stores each experiment's artifact location as an absolute
     path when it creates the experiment, so new runs would write their artifacts into the original folder."""
-    store = sqlite_store_folder(tracking_uri)
-    if store is None:
+    store_file = sqlite_store_file(tracking_uri)
+    if store_file is None:
         return None
+    store = store_file.parent
     location = MlflowClient(tracking_uri=tracking_uri).get_experiment(experiment_id).artifact_location
-    path = Path(location.removeprefix("file://"))
-    if "://" in location.removeprefix("file://") or path.is_relative_to(store):
+    local = location.removeprefix("file://")
+    if "://" in local or Path(local).is_relative_to(store):  # a remote artifact store, or beside the store
         return None
     return (f"experiment {experiment_id} of {tracking_uri} stores its artifacts in {location}, outside the store's "
             f"folder {store} (MLflow keeps the location an experiment was created with, also in a copied or moved "
@@ -413,12 +419,7 @@ def log_dataset(tracking_uri: str, run_id: str, cases: pd.DataFrame, source: str
         dataset = mlflow.data.from_pandas(cases, source=source, name=name)  # says so on every local source
     inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value=context)])]
     client = MlflowClient(tracking_uri=tracking_uri)
-    try:
-        client.log_inputs(run_id, datasets=inputs)
-    except mlflow.exceptions.MlflowException:
-        # parallel jobs logging one dataset (the folds' common test cases) race to insert it, as for the view
-        # in save_comparison_view; by now it exists
-        client.log_inputs(run_id, datasets=inputs)
+    _again_after_a_race(lambda: client.log_inputs(run_id, datasets=inputs))  # the folds' common test set
 
 
 def log_model(tracking_uri: str, run_id: str, net: Any, version: str, registered_name: str | None = None) -> None:
