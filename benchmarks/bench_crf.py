@@ -1,7 +1,7 @@
 """3D dense CRF (brainbench.inference.crf, spec §3.7): speed and agreement vs the authors' tool, and its effect.
 
 Usage: python benchmarks/bench_crf.py [--reference-python /tmp/crf-reference-venv/bin/python] [--threads 2]
-                                      [--skip-reference] [--skip-real] [--skip-synthetic]
+                                      [--skip-reference] [--skip-real] [--skip-synthetic] [--skip-exactness]
 The reference venv comes from ``bash benchmarks/crf_reference_env.sh [DIR]`` (PyPI simplecrf 0.2.1.1, which
 compiles Kamnitsask/dense3dCrf's densecrf sources unchanged and wraps them as ``denseCRF3D.densecrf3d``).
 
@@ -20,12 +20,17 @@ compiles Kamnitsask/dense3dCrf's densecrf sources unchanged and wraps them as ``
     (one-hot blurred σ = 1 voxel, mixed 0.9·blur + 0.1/4, log-probabilities + N(0, 1) noise smoothed over
     1.5 voxels and rescaled to σ = 0.8, seeded), WT Dice (labels 1, 2, 4) before and after the CRF,
     parameters picked by :func:`grid_search` on 3 validation cases, reported on 4 other cases.
+(3) Exactness: the 12³ volumes of ``tests/inference/test_crf.py`` (seeds 0–7, its parameters, 5 iterations)
+    against the test's exact O(N²) mean field: the relative error of brainbench's bilateral messages, and
+    the MAP labels of brainbench and of dense3dCrf each compared with the exact ones — how close the
+    permutohedral lattice itself, the authors' or ours, comes to the exact dense CRF.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import subprocess
 import sys
 import tempfile
@@ -41,7 +46,10 @@ from scipy import ndimage
 from brainbench.data.boxes import brain_box
 from brainbench.data.synth.brats import MODALITIES, synthesize_case
 from brainbench.evaluation.overlap import Confusion, dice
-from brainbench.inference.crf import CRFParameters, DenseCRF3D, crf_intensities, grid_search
+from brainbench.inference.crf import CRFParameters, DenseCRF3D, PermutohedralLattice, crf_intensities, grid_search
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.inference.test_crf import PARAMETERS, exact_mean_field, message_error, noisy_volume  # noqa: E402
 
 CASE = Path(__file__).resolve().parents[1] / "../shared/data/real/brats_toolkit_TCGA-DU-7294/TCGA-DU-7294_brainles"
 CHANNELS = ("t1", "t1c", "t2", "fla")
@@ -139,7 +147,18 @@ def real_case(reference_python: str | None) -> None:
     print(f"| brainbench, brain box {'×'.join(map(str, boxed.shape))} only | {box_seconds:.1f} | "
           f"{np.count_nonzero(boxed != before[box[1:]]):,} (labels as on the whole volume: "
           f"{np.mean(boxed == ours[box[1:]]):.4%}) |")
+    crf = DenseCRF3D(EXAMPLE_4CH, device="cpu")
+    start = time.perf_counter()
+    lattice = PermutohedralLattice(crf._bilateral_features(image[box]))
+    build_seconds = time.perf_counter() - start
+    values = torch.rand(math.prod(boxed.shape), len(LABELS))
+    start = time.perf_counter()
+    lattice.filter(values)
+    parts = (f"\nOf the brain-box run: building the bilateral lattice {build_seconds:.1f} s ({lattice.size:,} "
+             f"vertices for {values.shape[0]:,} voxels), one bilateral filter of {len(LABELS)} classes "
+             f"{time.perf_counter() - start:.2f} s (6 per run)")
     if reference_python is None:
+        print(parts)
         return
     theirs, theirs_seconds = run_reference(reference_python, crf_intensities(image, EXAMPLE_4CH.intensity_range),
                                            probabilities, EXAMPLE_4CH)
@@ -151,6 +170,7 @@ def real_case(reference_python: str | None) -> None:
     print(f"| {theirs_seconds / ours_seconds:.1f}× | {np.mean(ours == theirs):.4%} | "
           f"{np.mean(ours[brain] == theirs[brain]):.4%} | {np.mean(ours[tumour] == theirs[tumour]):.4%} | "
           f"{np.mean(ours[changed] == theirs[changed]):.4%} |")
+    print(parts)
 
 
 def whole_tumour_dice(labels: np.ndarray, reference: np.ndarray) -> float:
@@ -198,6 +218,39 @@ def synthetic() -> None:
     print(f"| **mean** | **{np.mean(before):.4f}** | **{np.mean(after):.4f}** |")
 
 
+def exactness(reference_python: str | None, seeds: range = range(8)) -> None:
+    print("\n### Against the exact mean field on 12³ volumes (tests/inference/test_crf.py, 5 iterations)\n")
+    print("| seed | labels the exact CRF changes | message error, brainbench | MAP = exact, brainbench | "
+          "MAP = exact, dense3dCrf | brainbench = dense3dCrf |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for seed in seeds:
+        probabilities, image = noisy_volume(seed)
+        exact = exact_mean_field(probabilities, image, PARAMETERS)
+        ours = DenseCRF3D(PARAMETERS, device="cpu")(probabilities, image).argmax(0)
+        row = [f"{np.mean(exact != probabilities.argmax(0)):.1%}",
+               f"{message_error(probabilities, image, PARAMETERS):.2%}", f"{np.mean(ours == exact):.2%}"]
+        if reference_python is None:
+            row += ["not run", "not run"]
+        else:
+            theirs, _ = run_reference(reference_python, crf_intensities(image, PARAMETERS.intensity_range),
+                                      probabilities, PARAMETERS)
+            row += [f"{np.mean(theirs == exact):.2%}", f"{np.mean(ours == theirs):.2%}"]
+        print(f"| {seed} | " + " | ".join(row) + " |")
+    probabilities, image = noisy_volume(0)
+    features = DenseCRF3D(PARAMETERS, device="cpu")._bilateral_features(image)
+    print("\n| bilateral lattice on seed 0 | vertices | message error |\n|---|---:|---:|")
+    for scale in (0.9, 1.0, 1.1, 1.2):  # features × scale: a kernel whose σ are 1/scale of the exact one's
+        lattice = PermutohedralLattice(features * scale)
+        error = message_error(probabilities, image, PARAMETERS, lattices=[lattice])
+        print(f"| σ × {1 / scale:.2f} | {lattice.size:,} | {error:.2%} |")
+    generator = torch.Generator().manual_seed(0)
+    for count in (4, 16):
+        shifted = [PermutohedralLattice(features + 5 * torch.rand(1, features.shape[1], generator=generator))
+                   for _ in range(count)]
+        error = message_error(probabilities, image, PARAMETERS, lattices=shifted)
+        print(f"| mean of {count} randomly shifted lattices | {sum(x.size for x in shifted):,} | {error:.2%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference-python", default="/tmp/crf-reference-venv/bin/python")
@@ -205,6 +258,7 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--skip-exactness", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not args.skip_reference and not Path(args.reference_python).exists():
@@ -212,6 +266,8 @@ def main() -> None:
                  f"or pass --skip-reference")
     if not args.skip_real:
         real_case(None if args.skip_reference else args.reference_python)
+    if not args.skip_exactness:
+        exactness(None if args.skip_reference else args.reference_python)
     if not args.skip_synthetic:
         synthetic()
 

@@ -177,3 +177,39 @@ def check_sweep_store(client: MlflowClient, workdir: Path) -> None:
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "leaderboard/brats2020")}
     assert "leaderboard/brats2020/cases_dice.png" in artifacts
     assert "leaderboard/brats2020/ranking" in artifacts  # two configurations: ranked on pooled per-case metrics
+
+
+RESIDENT_PEAK_SCRIPT = """
+import json, sys
+import numpy as np, torch
+
+def resident(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+torch.set_num_threads(1)
+torch.manual_seed(0)
+budget = int(sys.argv[1])
+{setup}
+run()  # first run: kernels, caches
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets VmHWM, the peak resident size, to the current one
+before = resident("VmRSS")
+result = run()
+peak = resident("VmHWM") - before
+print(json.dumps({{"peak": peak, **report(result)}}))
+"""
+
+
+def resident_peak(setup: str, budget: int) -> dict:
+    """Peak resident bytes of the second call of ``run()`` in a fresh Linux process, plus ``report(result)``.
+
+    ``setup``: Python source that may read ``budget`` (bytes) and defines ``run()`` and ``report(result) ->
+    dict``. glibc returns every freed block of 64 KiB or more at once there, so the resident peak is what
+    the call held, measured from ``/proc/self/status`` after resetting it through ``/proc/self/clear_refs``.
+    """
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0",
+           "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-c", RESIDENT_PEAK_SCRIPT.format(setup=setup), str(budget)], env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -20,8 +20,8 @@ The bilateral kernel (d = 3 + C features) is filtered on a permutohedral lattice
 a separable product with the sampled Gaussian, where the library uses a 3D lattice. Lattice constant
 factors (the library's ``alpha``) cancel in the symmetric normalisation and are omitted. The sparse
 lattice is an approximation: on 12³ test volumes its normalised messages differ from the exact kernel's
-by 3–4 % (Frobenius norm), as the library's do; a lattice closed under the blur would reach ≈ 2 % with
-30× the vertices, too many for a 7-D brain volume.
+by 4–5 % (Frobenius norm), a systematic error of the sparse lattice, and its MAP labels after 5
+iterations agree with the exact mean field's about as often as the library's do (BENCHMARKS.md).
 
 Deviation: ``dense3dCrf``'s application takes the foreground maps and sets the background probability
 to 1 − Σ foreground; here the background comes from the model's softmax like every class (the same

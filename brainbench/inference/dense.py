@@ -37,25 +37,18 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import weakref
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from brainbench.errors import BrainbenchConfigError
-from brainbench.inference.region import memory_budget_bytes
+from brainbench.inference.region import SCRATCH_HEADROOM, memory_budget_bytes, peak_live_bytes
 from brainbench.models.deepmedic import CONV_LAYERS, DeepMedic, extract_segment_pair
 
-__all__ = ["HEAD_SLAB_BYTES", "SCRATCH_HEADROOM", "auto_tile", "predict_volume", "predict_volume_whole",
-           "tile_grid", "tile_peak_bytes"]
-
-SCRATCH_HEADROOM = 1.25
-"""Factor on :func:`tile_peak_bytes` for what the trace cannot see: backend scratch space (PyTorch's
-own conv unfolds the input of small convs, 27 values per voxel and channel; oneDNN scratchpads)
-and allocator rounding. Measured: process RSS 2-4 MB (5-15 %) above the trace on 20-60 MB tiles."""
+__all__ = ["HEAD_SLAB_BYTES", "auto_tile", "predict_volume", "predict_volume_whole", "tile_grid",
+           "tile_peak_bytes"]
 
 HEAD_SLAB_BYTES = 64 * 2 ** 20
 """Largest FC-pathway activation per slab of trunk features (5 planes of a BraTS brain box at 150
@@ -92,65 +85,35 @@ def _corners(shape: Sequence[int], tile: Sequence[int]) -> list[tuple[int, int, 
     return list(itertools.product(*(range(0, extent, t) for extent, t in zip(shape, tile))))
 
 
-class _LiveBytes(TorchDispatchMode):
-    """Largest total size of the tensors alive at once among those created while active.
-
-    Every op output is counted once per storage until its last tensor is freed, so views cost
-    nothing and in-place writes nothing more. Runs on the meta device, where nothing is computed.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self._storages: dict[int, list[int]] = {}  # storage -> [bytes, tensors referring to it]
-        self.now = 0
-        self.peak = 0
-
-    def _release(self, key: int) -> None:
-        entry = self._storages[key]
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.now -= entry[0]
-            del self._storages[key]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(tensor, Tensor):
-                storage = tensor.untyped_storage()
-                entry = self._storages.setdefault(storage._cdata, [storage.nbytes(), 0])
-                if entry[1] == 0:
-                    self.now += entry[0]
-                    self.peak = max(self.peak, self.now)
-                entry[1] += 1
-                weakref.finalize(tensor, self._release, storage._cdata)
-        return out
-
-
 def tile_peak_bytes(model: DeepMedic, tile: Sequence[int], batch_size: int = 1) -> int:
     """Bytes of activations alive at once while ``batch_size`` tiles of ``tile`` output voxels go
     through :func:`predict_volume`'s forward (inputs and tile probabilities included), in float32.
 
-    Measured by running that forward on the meta device, so the estimate follows the code. Not
+    Measured by running that forward on the meta device
+    (:func:`~brainbench.inference.region.peak_live_bytes`), so the estimate follows the code. Not
     counted: the volume and its probabilities (the caller's), the weights (but the views ops take
-    of them) and backend scratch space (:data:`SCRATCH_HEADROOM`).
+    of them) and backend scratch space (:data:`~brainbench.inference.region.SCRATCH_HEADROOM`).
     """
     net = copy.deepcopy(model).to("meta")
     m, f = net.fc_margin, net.subsample_factor
     lead = _lead(m, f)
     region = [t + 2 * m for t in tile]
-    with _LiveBytes() as counter, torch.inference_mode():
+
+    def forward() -> None:
         normal = torch.empty((batch_size, net.in_channels, *[r + 2 * CONV_LAYERS for r in region]),
                              device="meta", memory_format=torch.channels_last_3d)
         subsampled = torch.empty((batch_size, net.in_channels, *net.subsampled_input_size(region, lead)),
                                  device="meta", memory_format=torch.channels_last_3d)
         _tile_probabilities(net, normal, subsampled, lead, [[]] * batch_size)
-    return counter.peak
+
+    with torch.inference_mode():
+        return peak_live_bytes(forward)
 
 
 def auto_tile(model: DeepMedic, shape: Sequence[int], budget_bytes: int,
               batch_size: int = 1) -> tuple[int, int, int]:
     """The largest tiles whose forward fits ``budget_bytes`` (:func:`tile_peak_bytes` ×
-    :data:`SCRATCH_HEADROOM`).
+    :data:`~brainbench.inference.region.SCRATCH_HEADROOM`).
 
     Starts from one tile over the whole (X, Y, Z) volume and, while it does not fit, splits the
     axis with the largest tile into one more tile; tiles stay near-cubic, which keeps the halo each

@@ -13,14 +13,16 @@ An axis shorter than the window is zero-padded to it, the volume centred (nnU-Ne
 With ``padding="valid"`` nets the windows tile the *output*: each input window reaches
 ``net.margin`` voxels further per side, zero-filled beyond the volume.
 
-``patch_size="auto"`` takes the whole (padded) volume as one window if its estimated memory fits
+``patch_size="auto"`` takes the whole (padded) volume as one window if its memory need fits
 :func:`~brainbench.inference.region.memory_budget_bytes`, smaller windows otherwise
-(:func:`auto_patch_size`): a brain box (~140×170×140) runs as one window on a 24 GiB CPU host, with
-no overlap work at all.
+(:func:`auto_patch_size`; the need of a window's forward is measured on the meta device by
+:func:`window_peak_bytes`, as DeepMedic's tiles are): a brain box (~140×170×140) runs as one window
+on a 24 GiB CPU host, with no overlap work at all.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Sequence
@@ -31,16 +33,11 @@ from torch import Tensor
 
 from brainbench.errors import BrainbenchConfigError
 from brainbench.inference.device import inference_state
-from brainbench.inference.region import memory_budget_bytes
+from brainbench.inference.region import SCRATCH_HEADROOM, memory_budget_bytes, peak_live_bytes
 from brainbench.models.deepmedic import window
 from brainbench.models.unet3d import UNet3D
 
-__all__ = ["auto_patch_size", "gaussian_importance", "predict_sliding_window", "window_starts"]
-
-ACTIVATION_HEADROOM = 1.5
-"""Memory planned per estimated activation byte (:meth:`UNet3D.activation_values`). The measured
-peak RSS of a forward pass was 0.96-1.10× the estimate with channels-last tensors and 1.3× with
-contiguous ones (torch 2.13, CPU, 64³ and 96×96×64 inputs at the paper's widths)."""
+__all__ = ["auto_patch_size", "gaussian_importance", "predict_sliding_window", "window_peak_bytes", "window_starts"]
 
 
 def window_starts(extent: int, size: int, overlap: float) -> list[int]:
@@ -64,28 +61,58 @@ def gaussian_importance(size: Sequence[int], sigma_scale: float = 0.125) -> Tens
     return weights
 
 
+def _window_probabilities(net: UNet3D, x: Tensor) -> Tensor:
+    """Class probabilities (N, n_classes, …) of a batch of windows; float32, net's device."""
+    return torch.softmax(net(x), dim=1).float()
+
+
+def window_peak_bytes(net: UNet3D, patch: Sequence[int], batch_size: int = 1) -> int:
+    """Bytes of activations alive at once while ``batch_size`` input windows of ``patch`` voxels go
+    through :func:`predict_sliding_window`'s forward (channels-last inputs and window probabilities
+    included), in float32.
+
+    Measured by running that forward on the meta device
+    (:func:`~brainbench.inference.region.peak_live_bytes`), so the estimate follows the code. Not
+    counted: the stitching buffers (the caller's), the weights and backend scratch space
+    (:data:`~brainbench.inference.region.SCRATCH_HEADROOM`).
+    """
+    meta = copy.deepcopy(net).to("meta")
+
+    def forward() -> None:
+        x = torch.empty((batch_size, net.in_channels, *patch), device="meta",
+                        memory_format=torch.channels_last_3d)
+        _window_probabilities(meta, x)
+
+    with inference_state(meta, channels_last_3d=True):
+        return peak_live_bytes(forward)
+
+
 def auto_patch_size(net: UNet3D, shape: Sequence[int], budget_bytes: int,
                     batch_size: int = 1) -> tuple[int, int, int]:
     """An input window as large as ``budget_bytes`` allows, up to the whole volume.
 
-    Starts from the smallest window whose output covers the whole (X, Y, Z) volume and, while the
-    estimate (activations × :data:`ACTIVATION_HEADROOM`, plus the stitching buffers) exceeds the
-    budget, shrinks the longest axis by ``net.size_step``.
+    Starts from the smallest window whose output covers the whole (X, Y, Z) volume and, while its
+    need (:func:`window_peak_bytes` × :data:`~brainbench.inference.region.SCRATCH_HEADROOM`, plus
+    the stitching buffers) exceeds the budget, shrinks the longest axis by ``net.size_step``. The
+    headroom is DeepMedic's: the same backends run both nets, and a U-Net window's resident memory
+    measured within it (see there).
     """
     patch = list(net.valid_input_size([e + 2 * net.margin for e in shape]))
     stitching = 4 * ((net.n_classes + 1) * math.prod(net.output_size(patch))
                      + net.in_channels * math.prod(shape))  # probabilities, weights, image
 
     def needed(p: Sequence[int]) -> float:
-        return ACTIVATION_HEADROOM * 4 * net.activation_values(p, batch_size) + stitching
+        return SCRATCH_HEADROOM * window_peak_bytes(net, p, batch_size) + stitching
 
-    while needed(patch) > budget_bytes:
+    need = needed(patch)
+    while need > budget_bytes:
         axis = int(np.argmax(patch))
         if patch[axis] - net.size_step < net.min_input_size:
             raise BrainbenchConfigError(
                 f"inference memory budget: {budget_bytes / 2**30:.2f} GiB is less than the "
-                f"{needed(patch) / 2**30:.2f} GiB the smallest 3D U-Net window {tuple(patch)} needs")
+                f"{need / 2**30:.2f} GiB the smallest 3D U-Net window {tuple(patch)} needs")
         patch[axis] -= net.size_step
+        need = needed(patch)
     return tuple(patch)
 
 
@@ -127,7 +154,7 @@ def predict_sliding_window(net: UNet3D, image: np.ndarray | Tensor,
             lows = [[c - o - net.margin for c, o in zip(corner, offset)] for corner in batch]
             x = torch.stack([window(volume, lo, [l + p for l, p in zip(lo, patch)], 1, 0) for lo in lows])
             x = x.to(device).contiguous(memory_format=torch.channels_last_3d)
-            out = torch.softmax(net(x), dim=1).float().cpu()
+            out = _window_probabilities(net, x).cpu()
             for block, corner in zip(out, batch):
                 region = tuple(slice(c, c + o) for c, o in zip(corner, out_size))
                 probs[(slice(None), *region)] += block * weight

@@ -183,33 +183,6 @@ class UNet3D(nn.Module):
         deep = self._synthesis_span(level + 1, lo // 2, hi // 2)  # up-conv 2, stride 2: voxel i from i // 2
         return min(skip[0], deep[0]), max(skip[1], deep[1])
 
-    def activation_values(self, input_size: int | Sequence[int], batch_size: int = 1) -> int:
-        """Peak number of activation values one no-grad forward pass holds at once.
-
-        Follows the tensors :meth:`forward` keeps alive (the caller's input, the skip features
-        waiting for the synthesis path) plus the largest transient of each stage: a conv's output
-        and its BatchNorm output (ReLU works in place), and at a synthesis level the up-conv
-        output, the skip and their concatenation. With the default widths the top synthesis
-        level's concatenation dominates: 403 values per input voxel for 3 channels. Sizes are
-        those of ``padding="same"``, an upper bound for ``"valid"``.
-        """
-        voxels = batch_size * math.prod(_per_axis(input_size, "input_size"))
-        level_voxels = [voxels / 8 ** level for level in range(self.levels)]
-        maps = [2 * w for w in self.widths]
-        held = self.in_channels * voxels
-        peak = 0.0
-        for level, v in enumerate(level_voxels):
-            peak = max(peak, held + 4 * self.widths[level] * v)  # 2nd conv output + its BN output
-            held += maps[level] * v  # kept as a skip (the bottom's: the synthesis input)
-        for level in reversed(range(self.levels - 1)):
-            v = level_voxels[level]
-            concat = (maps[level] + maps[level + 1]) * v
-            peak = max(peak, held + maps[level + 1] * v + concat,  # up-conv output, concatenation
-                       held - maps[level] * v + concat + maps[level] * v)  # 1st conv's input, output
-            held += -maps[level + 1] * level_voxels[level + 1]  # the coarser input is released
-        peak = max(peak, held + self.n_classes * voxels)
-        return math.ceil(peak)
-
     def forward(self, x: Tensor) -> Tensor:
         self.output_size(x.shape[2:])
         skips = []

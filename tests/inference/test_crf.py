@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -22,10 +23,9 @@ def smooth_field(rng: np.random.Generator, sigma: float) -> np.ndarray:
     return (field - field.mean()) / field.std()
 
 
-@pytest.fixture(scope="module")
-def volume() -> tuple[np.ndarray, np.ndarray]:
+def noisy_volume(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Two z-scored modalities with a bright blob and 3-class probabilities: smooth, plus voxel noise."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"))
     blob = np.exp(-((grid - np.array([6, 5, 7])[:, None, None, None]) ** 2).sum(0) / 8.0)
     image = np.stack([smooth_field(rng, 2.0) + 2.0 * blob, 0.7 * smooth_field(rng, 1.5) - 1.5 * blob])
@@ -33,6 +33,11 @@ def volume() -> tuple[np.ndarray, np.ndarray]:
     logits += 0.8 * rng.standard_normal(logits.shape)
     probabilities = np.exp(logits) / np.exp(logits).sum(0)
     return probabilities.astype(np.float32), image.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def volume() -> tuple[np.ndarray, np.ndarray]:
+    return noisy_volume(0)
 
 
 def gaussian_matrix(features: np.ndarray) -> np.ndarray:
@@ -66,25 +71,43 @@ def exact_mean_field(probabilities: np.ndarray, image: np.ndarray, p: CRFParamet
     return q.argmax(1).reshape(SHAPE)
 
 
+def lattice_messages(probabilities: np.ndarray, lattices: Sequence[PermutohedralLattice]) -> np.ndarray:
+    """(N, K) normalised bilateral messages D^-½ K D^-½ Q, Q = ``probabilities``, K the sum of the lattices'
+    filters (one lattice in the CRF; several to measure an average over shifted lattices)."""
+    def kernel(values: torch.Tensor) -> torch.Tensor:
+        return sum(lattice.filter(values) for lattice in lattices)
+    q = torch.as_tensor(probabilities.reshape(len(probabilities), -1).T.copy())
+    norm = torch.rsqrt(kernel(torch.ones(len(q), 1)))
+    return (norm * kernel(norm * q)).numpy()
+
+
+def message_error(probabilities: np.ndarray, image: np.ndarray, p: CRFParameters,
+                  exact_parameters: CRFParameters | None = None,
+                  lattices: Sequence[PermutohedralLattice] | None = None) -> float:
+    """‖lattice − exact‖/‖exact‖ (Frobenius over voxels × classes) of the bilateral messages; the exact
+    kernel may use other parameters (``exact_parameters``) to show that the comparison can fail; ``lattices``
+    default to the CRF's own over ``p``'s features."""
+    q = probabilities.reshape(len(probabilities), -1).T.astype(np.float64)
+    exact = exact_kernels(image, exact_parameters or p)[1][1] @ q
+    lattices = lattices or [PermutohedralLattice(DenseCRF3D(p, device="cpu")._bilateral_features(image))]
+    return float(np.linalg.norm(lattice_messages(probabilities, lattices) - exact) / np.linalg.norm(exact))
+
+
 def test_bilateral_lattice_messages_match_the_exact_kernel(volume):
     """Frobenius norm over voxels × classes of the message error: the sparse lattice is the library's
-    approximation (3–4 % here, like dense3dCrf's); the bound leaves no room for a wrong σ or weight."""
+    approximation (4.5 % here, a systematic error of the sparse lattice: dense3dCrf's labels are no closer to
+    the exact ones, BENCHMARKS.md); the bound leaves no room for a wrong σ or weight."""
     probabilities, image = volume
-    crf = DenseCRF3D(PARAMETERS, device="cpu")
-    lattice = PermutohedralLattice(crf._bilateral_features(image))
-    q = torch.as_tensor(probabilities.reshape(3, -1).T.copy())
-    norm = torch.rsqrt(lattice.filter(torch.ones(len(q), 1)))
-    approximate = (norm * lattice.filter(norm * q)).numpy()
-    exact = exact_kernels(image, PARAMETERS)[1][1] @ q.numpy().astype(np.float64)
-    assert np.linalg.norm(approximate - exact) / np.linalg.norm(exact) <= 0.05
+    assert message_error(probabilities, image, PARAMETERS) <= 0.05
     # the same check fails for a kernel of 1.25× the σ
-    wider = exact_kernels(image, CRFParameters(bilateral_sigma=(5.0, 6.25, 5.0), intensity_sigma=(25.0, 37.5)))[1][1]
-    assert np.linalg.norm(approximate - wider @ q.numpy()) / np.linalg.norm(wider @ q.numpy()) > 0.05
+    wider = CRFParameters(bilateral_sigma=(5.0, 6.25, 5.0), intensity_sigma=(25.0, 37.5))
+    assert message_error(probabilities, image, PARAMETERS, exact_parameters=wider) > 0.05
 
 
 def test_mean_field_map_matches_the_exact_mean_field(volume):
     """5 iterations; the CRF changes 15 % of the labels here and the lattice keeps 99.0 % of the exact MAP
-    (98 % on inputs where it changes a third of them): its 3–4 % message error flips the closest calls."""
+    (96–99.7 % on other seeds, where the authors' dense3dCrf keeps 95.5–99.9 %, BENCHMARKS.md): the
+    lattice's 4–5 % message error flips the closest calls."""
     probabilities, image = volume
     exact = exact_mean_field(probabilities, image, PARAMETERS)
     ours = DenseCRF3D(PARAMETERS, device="cpu")(probabilities, image)

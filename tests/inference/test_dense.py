@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +14,15 @@ from torch import nn
 
 from brainbench.errors import BrainbenchConfigError
 from brainbench.inference.dense import (
-    SCRATCH_HEADROOM,
     auto_tile,
     predict_volume,
     predict_volume_whole,
     tile_grid,
     tile_peak_bytes,
 )
+from brainbench.inference.region import SCRATCH_HEADROOM
 from brainbench.models.deepmedic import DeepMedic, DeepMedicPlus, extract_segment_pair, extract_training_pair
-from tests.helpers import calibrated_deepmedic
+from tests.helpers import calibrated_deepmedic, resident_peak
 
 TOL = 1e-5
 
@@ -298,31 +294,20 @@ def test_auto_tile_fits_the_budget_and_keeps_exactness(small_plus, volume):
     assert seen[0] != shape and all(t % 3 == 0 or t == e for t, e in zip(seen[-1], shape))
 
 
-RSS_SCRIPT = """
-import json, sys
-import numpy as np, torch
+TILED_RUN = """
 from brainbench.models.deepmedic import DeepMedicPlus
 from brainbench.inference.dense import auto_tile, predict_volume, predict_volume_whole
 
-def status(key):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-
-torch.set_num_threads(1)
-torch.manual_seed(0)
 model = DeepMedicPlus(feature_maps=(4, 4, 4, 4, 4, 4, 6, 6), fc_feature_maps=(8, 8)).eval()
 volume = np.random.default_rng(0).normal(size=(4, 60, 60, 60)).astype(np.float32)
-budget = int(sys.argv[1])
-predict_volume(model, volume, memory_budget=budget, batch_size=2)  # first run: kernels, caches
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # resets VmHWM, the peak resident size, to the current one
-before = status("VmRSS")
-probs = predict_volume(model, volume, memory_budget=budget, batch_size=2)
-peak = status("VmHWM") - before
-fixed = (4 + 5) * 60 ** 3 * 4
-tile = auto_tile(model.folded_for_inference(), (60, 60, 60), budget - fixed, 2)
-error = float(np.abs(probs - predict_volume_whole(model, volume)).max())
-print(json.dumps({"peak": peak, "tile": tile, "error": error}))
+
+def run():
+    return predict_volume(model, volume, memory_budget=budget, batch_size=2)
+
+def report(probs):
+    fixed = (4 + 5) * 60 ** 3 * 4
+    tile = auto_tile(model.folded_for_inference(), (60, 60, 60), budget - fixed, 2)
+    return {"tile": tile, "error": float(np.abs(probs - predict_volume_whole(model, volume)).max())}
 """
 
 
@@ -334,11 +319,7 @@ def test_auto_tile_keeps_the_resident_memory_within_the_budget():
     budget = 40 * 2 ** 20
     net = DeepMedicPlus(feature_maps=(4, 4, 4, 4, 4, 4, 6, 6), fc_feature_maps=(8, 8)).folded_for_inference()
     assert tile_peak_bytes(net, (60, 60, 60), 2) > budget
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0",
-           "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(budget)], env=env, capture_output=True,
-                          text=True, timeout=300, check=True)
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = resident_peak(TILED_RUN, budget)
     assert tuple(result["tile"]) != (60, 60, 60) and result["error"] <= TOL
     assert 0 < result["peak"] <= budget
 

@@ -1,4 +1,5 @@
-"""Inference over the brain's bounding box: the box by hand, and box-restricted DeepMedic equal to the whole pass."""
+"""Inference over the brain's bounding box: the box by hand, and box-restricted DeepMedic equal to the whole pass;
+the memory budget and the live-bytes counter that sizes work to it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from brainbench.data.boxes import brain_box
 from brainbench.inference.dense import predict_volume
-from brainbench.inference.region import memory_budget_bytes, predict_in_brain_box
+from brainbench.inference.region import memory_budget_bytes, peak_live_bytes, predict_in_brain_box
 from brainbench.models.deepmedic import DeepMedic
 
 
@@ -56,3 +57,21 @@ def test_cpu_memory_budget_is_half_of_what_the_kernel_calls_available():
     with open("/proc/meminfo") as meminfo:
         available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
     assert memory_budget_bytes("cpu") == pytest.approx(available / 2, rel=0.05)
+
+
+def test_peak_live_bytes_counts_each_storage_while_it_is_alive():
+    outside = torch.empty(1000, device="meta")
+
+    def run():
+        a = torch.empty(100, device="meta")          # 400 bytes
+        view = a.view(10, 10)                        # same storage: nothing more
+        a.add_(1)                                    # in place: nothing more
+        c = torch.empty(50, dtype=torch.float64, device="meta")  # 400 + 400
+        del c
+        d = view * 2                                 # 400 + 400
+        del a, view, d
+        e = torch.empty(150, device="meta")          # 600, after the others are freed
+        return e, outside[:10]                       # 600 + a view of 4000 bytes made outside
+
+    assert peak_live_bytes(run) == 4600
+    assert peak_live_bytes(lambda: [torch.empty(10, device="meta") for _ in range(3)]) == 120

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +14,16 @@ from torch import nn
 
 import brainbench.inference.sliding as sliding
 from brainbench.errors import BrainbenchConfigError
+from brainbench.inference.region import SCRATCH_HEADROOM
 from brainbench.inference.sliding import (
     auto_patch_size,
     gaussian_importance,
     predict_sliding_window,
+    window_peak_bytes,
     window_starts,
 )
 from brainbench.models.unet3d import UNet3D
+from tests.helpers import resident_peak
 
 
 def numpy_gaussian(size, sigma_scale=0.125):
@@ -54,6 +58,13 @@ def naive(net, image, patch, margin, corners, frame, offset, sigma_scale=0.125):
 def tiny_net(padding: str, seed: int = 0) -> UNet3D:
     torch.manual_seed(seed)
     return UNet3D(2, 3, widths=(3, 4), padding=padding).eval()
+
+
+def record_real_windows(net: nn.Module, shapes: list) -> None:
+    """Appends the window size of each forward that computes (the window sizing runs the net's
+    copy, hooks included, on the meta device)."""
+    net.register_forward_hook(
+        lambda module, args, out: None if args[0].is_meta else shapes.append(tuple(args[0].shape[2:])))
 
 
 def test_window_starts_nnunet_placement():
@@ -154,7 +165,7 @@ def test_auto_window_is_the_padded_volume_when_memory_allows(monkeypatch):
     net = tiny_net("same")
     monkeypatch.setattr(sliding, "memory_budget_bytes", lambda device: 2 ** 40)
     shapes = []
-    net.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape[2:])))
+    record_real_windows(net, shapes)
     image = np.random.default_rng(4).normal(size=(2, 13, 7, 9)).astype(np.float32)
     got = predict_sliding_window(net, image)
     assert shapes == [(14, 8, 10)]  # one window: the volume rounded up to even sizes (2 levels)
@@ -163,22 +174,71 @@ def test_auto_window_is_the_padded_volume_when_memory_allows(monkeypatch):
     np.testing.assert_allclose(got.sum(0), 1, atol=1e-6)
 
 
+TINY_PEAK_VALUES = 2 + 6 + 1 + 8 + 14
+"""Float32 values per input voxel alive at once in :func:`tiny_net`'s forward, at its top synthesis
+level's concatenation: 2 (input) + 6 (skip) + 8/8 (bottom output) + 8 (up-conv) + 14 (concatenation);
+the logits and probabilities come after the skip and the concatenation are freed (at most 2 + 6 + 3 + 3)."""
+
+
+def test_window_peak_bytes_hand_worked():
+    net = tiny_net("same").train()
+    assert window_peak_bytes(net, (26, 28, 20)) == 4 * TINY_PEAK_VALUES * 26 * 28 * 20
+    assert window_peak_bytes(net, (26, 28, 20), batch_size=2) == 2 * 4 * TINY_PEAK_VALUES * 26 * 28 * 20
+    assert net.training and next(net.parameters()).device.type == "cpu"  # measured on a meta copy
+
+
 def test_auto_window_respects_a_small_budget(monkeypatch):
     net = tiny_net("same")
-    budget = 3_000_000  # bytes; the whole 40 × 30 × 20 volume would need about 6 MB
+    stitching = 4 * (4 + 2) * 40 * 30 * 20  # probabilities and weights (4 values per voxel), image (2)
+
+    def need(patch):
+        return math.ceil(SCRATCH_HEADROOM * 4 * TINY_PEAK_VALUES * math.prod(patch) + stitching)
+
+    # the longest axis shrinks by 2 (the first of equals): (40, 30, 20) … (30, 30, 20), (28, 30, 20),
+    # (28, 28, 20), (26, 28, 20), (26, 26, 20)
+    budget = need((26, 28, 20))
+    assert need((28, 28, 20)) > budget
+    assert auto_patch_size(net, (40, 30, 20), budget) == (26, 28, 20)
+    assert auto_patch_size(net, (40, 30, 20), budget - 1) == (26, 26, 20)
     monkeypatch.setattr(sliding, "memory_budget_bytes", lambda device: budget)
     shapes = []
-    net.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape[2:])))
+    record_real_windows(net, shapes)
     image = np.random.default_rng(5).normal(size=(2, 40, 30, 20)).astype(np.float32)
     got = predict_sliding_window(net, image, overlap=0.5)
-    assert len(shapes) > 1 and len(set(shapes)) == 1
-    # activations (hand-checked in tests/models/test_unet3d.py) with headroom, plus the stitching
-    # buffers: probabilities and weights (4 values per voxel) and the image (2)
-    stitching = 4 * (4 + 2) * 40 * 30 * 20
-    assert sliding.ACTIVATION_HEADROOM * 4 * net.activation_values(shapes[0]) + stitching <= budget
+    assert len(shapes) > 1 and set(shapes) == {(26, 28, 20)}
     np.testing.assert_allclose(got.sum(0), 1, atol=1e-6)
     with pytest.raises(BrainbenchConfigError, match="memory budget"):
         auto_patch_size(net, (40, 30, 20), 1000)
+
+
+WINDOWED_RUN = """
+import brainbench.inference.sliding as sliding
+from brainbench.models.unet3d import UNet3D
+
+net = UNet3D(2, 3, widths=(8, 16)).eval()
+volume = np.random.default_rng(0).normal(size=(2, 48, 48, 48)).astype(np.float32)
+sliding.memory_budget_bytes = lambda device: budget
+shapes = []
+net.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
+
+def run():
+    sliding.predict_sliding_window(net, volume, overlap=0.25, batch_size=2)
+
+def report(result):
+    return {"window": shapes[-1]}
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_auto_window_keeps_the_resident_memory_within_the_budget():
+    """Measured, not estimated: the resident-size peak of a run with automatic windows (a fresh
+    process in which glibc returns every freed block of 64 KiB or more at once) stays within the
+    budget, which two whole-volume windows would exceed."""
+    budget = 48 * 2 ** 20
+    assert window_peak_bytes(UNet3D(2, 3, widths=(8, 16)), (48, 48, 48), 2) > budget
+    result = resident_peak(WINDOWED_RUN, budget)
+    assert tuple(result["window"][2:]) != (48, 48, 48)
+    assert 0 < result["peak"] <= budget
 
 
 def test_argument_errors():

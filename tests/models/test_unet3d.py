@@ -1,5 +1,5 @@
 """3D U-Net (Çiçek et al. 2016): parameter counts from the paper's Fig. 1, geometry, receptive field
-measured by input gradients, and the training patch extractor."""
+measured by input gradients, the forward's peak memory by hand, and the training patch extractor."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from brainbench.errors import BrainbenchConfigError
+from brainbench.inference.region import peak_live_bytes
 from brainbench.models.unet3d import PatchSegments, UNet3D
 
 
@@ -123,11 +124,16 @@ def test_receptive_field_equals_the_input_gradient_extent(widths, padding, size)
     assert net.receptive_field == {4: 100, 3: 44}[len(widths)]
 
 
-def test_activation_values_hand_worked():
-    """Paper widths, 3 channels: the top synthesis level's concatenation is the peak, per input
-    voxel 3 (input) + 64 (skip) + 128/8 (level-2 output) + 128 (up-conv) + 192 (concatenation)."""
-    assert UNet3D(3, 4).activation_values((16, 16, 16)) == 403 * 16 ** 3
-    assert UNet3D(3, 4).activation_values(16, batch_size=2) == 2 * 403 * 16 ** 3
+@pytest.mark.parametrize("batch", [1, 2])
+def test_forward_peak_memory_hand_worked(batch):
+    """Activations alive at once in a no-grad forward, counted on the meta device. Paper widths, 3
+    channels: the top synthesis level's concatenation is the peak, per input voxel 3 (input) + 64
+    (skip) + 128/8 (level-2 output) + 128 (up-conv) + 192 (concatenation) = 403 float32 values;
+    the deepest analysis level and the 1³ classifier hold less."""
+    net = UNet3D(3, 4).to("meta").eval()
+    with torch.inference_mode():
+        peak = peak_live_bytes(lambda: net(torch.empty((batch, 3, 16, 16, 16), device="meta")))
+    assert peak == 4 * batch * 403 * 16 ** 3
 
 
 # ----------------------------------------------------------------------------- PatchSegments
