@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from brainbench.challenges.base import Edition
 from brainbench.errors import BrainbenchConfigError
 from brainbench.models.brosch import BroschCEN, CroppedVolumes
 from brainbench.models.deepmedic import DeepMedic, TwoPathwaySegments
@@ -231,6 +232,8 @@ def _shown(value: Any) -> str:
 
 _ABSENT = object()
 
+_MODEL_CONFIGS = files("brainbench.conf").joinpath("model")
+
 
 def _reconstruction(cfg: DictConfig, item: DictConfig) -> Reconstruction:
     """The card's ``{key, note}`` item with the run's value of ``key`` (a user may have overridden it)."""
@@ -245,11 +248,14 @@ def _edition(cfg: DictConfig):
     return instantiate(cfg.challenge.adapter, require_labels=False).edition
 
 
-def card_for(cfg: DictConfig, net: nn.Module) -> ModelCard:
-    """The card of a run: ``cfg`` the composed run config, ``net`` the net it instantiated."""
+def card_for(cfg: DictConfig, net: nn.Module, edition: Edition | None = None, segments: Any = None) -> ModelCard:
+    """The card of a run: ``cfg`` the composed run config, ``net`` the net it instantiated; ``edition`` and
+    ``segments`` (the training segment extractor) as the run built them, instantiated from ``cfg`` when not
+    given."""
     node = cfg.model.get("card") or OmegaConf.create()
-    edition = _edition(cfg)
-    segments = instantiate(cfg.model.segments) if cfg.model.get("segments") else None
+    edition = edition or _edition(cfg)
+    if segments is None and cfg.model.get("segments"):
+        segments = instantiate(cfg.model.segments)
     counts = parameter_counts(net)
     return ModelCard(
         name=cfg.model.name, title=node.get("title", cfg.model.name), paper=node.get("paper", NOT_GIVEN),
@@ -263,16 +269,16 @@ def card_for(cfg: DictConfig, net: nn.Module) -> ModelCard:
 
 def model_names() -> list[str]:
     """The shipped model configs, ``conf/model/*.yaml``, by name."""
-    folder = files("brainbench.conf").joinpath("model")
-    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+    return sorted(entry.name.removesuffix(".yaml") for entry in _MODEL_CONFIGS.iterdir()
+                  if entry.name.endswith(".yaml"))
 
 
 def _composed(name: str, compose: Compose) -> DictConfig:
-    """Model ``name`` composed for the edition of its paper's experiments (``card.edition``), where the
-    paper-convention counts are the published ones; the default edition when the card names none."""
-    cfg = compose([f"model={name}"])
-    edition = OmegaConf.select(cfg, "model.card.edition")
-    return compose([f"model={name}", f"challenge={edition}"]) if edition and edition != cfg.challenge.edition else cfg
+    """Model ``name`` composed for the edition of its paper's experiments (``card.edition``, read from the
+    model's file), where the paper-convention counts are the published ones; the default edition when the card
+    names none."""
+    edition = OmegaConf.select(OmegaConf.load(_MODEL_CONFIGS.joinpath(f"{name}.yaml")), "card.edition")
+    return compose([f"model={name}", *([f"challenge={edition}"] if edition else [])])
 
 
 def model_cards(names: Sequence[str] | None = None, *, compose: Compose) -> list[ModelCard]:
@@ -289,5 +295,5 @@ def model_cards(names: Sequence[str] | None = None, *, compose: Compose) -> list
         cfg = _composed(name, compose)
         edition = _edition(cfg)
         net = instantiate(cfg.model.net, in_channels=len(edition.modalities), n_classes=edition.n_classes)
-        cards.append(card_for(cfg, net))
+        cards.append(card_for(cfg, net, edition))
     return cards

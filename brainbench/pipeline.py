@@ -44,7 +44,7 @@ from brainbench.evaluation.leaderboard import (case_statistics, cell_legend, hea
                                                metric_key, print_leaderboard, statistics_table)
 from brainbench.evaluation.plots import (case_metric_figure, is_training_curve, learning_curves_figure, overlay_figure,
                                          save_figure)
-from brainbench.evaluation.protocols import METRIC_UNITS, protocol_for
+from brainbench.evaluation.protocols import protocol_for
 from brainbench.inference.device import InferenceSettings, resolve_device
 from brainbench.inference.predict import Predictions, predict_cases
 from brainbench.io import existing_dir, load_label, load_volume
@@ -265,8 +265,8 @@ def train(cfg: DictConfig) -> float:
     resumed = previous[0] if previous else None
     output_dir = Path(resumed.data.tags.get("output_dir", cfg.paths.output_dir) if resumed else cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    with run_log(output_dir / RUN_LOG):
-        run_id = _tracked_run(cfg, parts, resolved, identity, launch, sweep, resumed, output_dir)
+    with run_log(output_dir / RUN_LOG) as log_file:
+        run_id = _tracked_run(cfg, parts, resolved, identity, launch, sweep, resumed, output_dir, log_file)
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     log.info("Compare runs: %s", runs_table_url(uri, run.info.experiment_id))
     metrics = run.data.metrics  # each metric's last value
@@ -277,9 +277,9 @@ def train(cfg: DictConfig) -> float:
 
 
 def _tracked_run(cfg: DictConfig, parts: RunParts, resolved: dict, identity: str, launch: LaunchInfo,
-                 sweep: dict[str, str], resumed, output_dir: Path) -> str:
+                 sweep: dict[str, str], resumed, output_dir: Path, log_file: Path) -> str:
     """Data → fit → predict → evaluate in one MLflow run (new, or the resumed one); returns its id. The run
-    is closed FINISHED or FAILED, with the run's log file as it stands."""
+    is closed FINISHED or FAILED, with ``log_file``, the run's log, as it stands."""
     edition, uri = parts.adapter.edition, cfg.logger.tracking_uri
     datamodule, root, data_source = prepare_datamodule(cfg, parts)
     log.info("Data source: %s (%s)", data_source, root)
@@ -289,7 +289,7 @@ def _tracked_run(cfg: DictConfig, parts: RunParts, resolved: dict, identity: str
     save_comparison_view(uri, experiment_id, [metric_key(metric, region) for metric in headline_metrics(edition)
                                               for region in edition.regions])
     client = MlflowClient(tracking_uri=uri)
-    card = card_for(cfg, parts.net).to_markdown()
+    card = card_for(cfg, parts.net, edition, parts.extractor).to_markdown()
     if resumed:
         log.info("Resuming run %s (%s) from %s", resumed.info.run_id, resumed.info.run_name, output_dir / "checkpoints")
         client.update_run(resumed.info.run_id, status="RUNNING")
@@ -304,6 +304,7 @@ def _tracked_run(cfg: DictConfig, parts: RunParts, resolved: dict, identity: str
                                 "inference/device_used": str(parts.inference.device),
                                 "inference/precision_used": parts.inference.precision})
         log_datasets(uri, logger.run_id, datamodule, edition, data_source)
+    status = "FAILED"
     try:
         fit_phases(cfg, parts.phases, parts.net, parts.loss, datamodule, logger, output_dir, edition.n_classes)
         test_cases = datamodule.test_cases()
@@ -311,18 +312,11 @@ def _tracked_run(cfg: DictConfig, parts: RunParts, resolved: dict, identity: str
         _evaluate_and_log(cfg, edition, test_cases, predictions, output_dir, client, logger.run_id, data_source)
         log_run_files(client, logger.run_id, output_dir, parts, datamodule, card)
         log_model(uri, logger.run_id, parts.net.cpu(), brainbench.__version__, cfg.logger.get("register_model"))
-    except BaseException:
-        _log_if_present(client, logger.run_id, output_dir / RUN_LOG)
-        client.set_terminated(logger.run_id, "FAILED")
-        raise
-    _log_if_present(client, logger.run_id, output_dir / RUN_LOG)
-    client.set_terminated(logger.run_id, "FINISHED")
+        status = "FINISHED"
+    finally:
+        client.log_artifact(logger.run_id, str(log_file))
+        client.set_terminated(logger.run_id, status)
     return logger.run_id
-
-
-def _log_if_present(client: MlflowClient, run_id: str, path: Path) -> None:
-    if path.is_file():
-        client.log_artifact(run_id, str(path))
 
 
 def run_name(base: str, overrides: Sequence[str]) -> str:
@@ -453,7 +447,7 @@ def run_figures(cfg: DictConfig, edition: Edition, case: Case, predictions: Pred
                                                 title=f"{cfg.run_name}: learning curves"),
                          folder / "learning_curves.png")
     team = case_metrics.assign(team=cfg.run_name)
-    boxes = [save_figure(case_metric_figure(team, metric, [cfg.run_name], unit=METRIC_UNITS.get(metric, ""),
+    boxes = [save_figure(case_metric_figure(team, metric, [cfg.run_name],
                                             title=f"{cfg.run_name}: per-case {metric} ({data_source} data)"),
                          folder / f"cases_{metric}.png") for metric in metrics]
     return [overlay, curves, *boxes]

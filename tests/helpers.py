@@ -213,3 +213,16 @@ def resident_peak(setup: str, budget: int) -> dict:
     done = subprocess.run([sys.executable, "-c", RESIDENT_PEAK_SCRIPT.format(setup=setup), str(budget)], env=env,
                           capture_output=True, text=True, timeout=300, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+HEADLINE_PREFIXES = ("dice_", "hd95_", "sensitivity_", "specificity_")
+
+
+def held_out_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A run's headline test metrics (``dice_WT``, …): what reruns and resumed runs must reproduce exactly."""
+    return {key: value for key, value in metrics.items() if key.startswith(HEADLINE_PREFIXES)}
+
+
+def summary_metric_keys(metrics: dict[str, float]) -> set[str]:
+    """A run's metrics other than its training curves, learning rates and epoch counter."""
+    return {key for key in metrics if not key.startswith(("train_", "val_", "lr-", "epoch"))}

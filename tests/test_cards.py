@@ -5,8 +5,6 @@ values the model configs mark as reconstructions; ``brainbench models`` prints t
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +20,9 @@ from brainbench.models.dou import DouCascade
 from brainbench.models.havaei import InputCascadeCNN, LocalCascadeCNN, MFCascadeCNN, TwoPathCNN
 from brainbench.models.pereira import pereira_hgg, pereira_lgg
 from brainbench.models.unet3d import UNet3D
+from tests.helpers import run_cli
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
-BRAINBENCH = Path(sys.executable).parent / "brainbench"
 
 FRESH = {  # the module each card describes, built without the config, for the channels/classes of its edition
     "brosch_cen": lambda: BroschCEN(4, 2),
@@ -156,18 +154,17 @@ def test_unknown_model_is_a_config_error():
         model_cards(["deepmedic", "no_such_net"], compose=compose)
 
 
-def test_brainbench_models_cli():
-    tables = subprocess.run([BRAINBENCH, "models"], capture_output=True, text=True, timeout=300)
+def test_brainbench_models_cli(tmp_path):
+    tables = run_cli("models", cwd=tmp_path, timeout=300)
     assert tables.returncode == 0, tables.stderr
     assert all(f"{name}: " in tables.stdout for name in FRESH) and "809,637 (paper convention: 651,488)" in tables.stdout
     assert "9³ in both conv layers [M]" in tables.stdout  # evidence tags are text, not rich markup
-    markdown = subprocess.run([BRAINBENCH, "models", "deepmedic_plus", "--markdown"], capture_output=True, text=True,
-                              timeout=300)
+    markdown = run_cli("models", "deepmedic_plus", "--markdown", cwd=tmp_path, timeout=300)
     assert markdown.returncode == 0, markdown.stderr
     assert markdown.stdout.startswith("### deepmedic_plus: ")
     assert "| Parameters | 1,053,163 (paper convention: 1,053,163) |" in markdown.stdout
     assert "| Receptive field | 19³ normal pathway; 53³ voxels of context (subsampled pathway) |" in markdown.stdout
-    bad = subprocess.run([BRAINBENCH, "models", "resnet"], capture_output=True, text=True, timeout=300)
+    bad = run_cli("models", "resnet", cwd=tmp_path, timeout=300)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("brainbench: error: unknown model resnet: expected one of ")
     assert len(bad.stderr.strip().splitlines()) == 1

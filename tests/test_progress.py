@@ -17,7 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from brainbench.progress import quiet, report, run_log, set_quiet, track
-from brainbench.training.fit import EpochLines, progress_callbacks
+from brainbench.training.fit import EpochLines, ProgressBar, progress_callbacks
 from brainbench.training.phases import Phase
 from tests.helpers import TINY, run_cli
 
@@ -147,15 +147,19 @@ def test_epoch_lines_land_in_the_run_log(tiny_training):
     assert len(epochs) == 2
 
 
-def test_quiet_training_prints_no_epoch_line_but_logs_it(loud, capsys, caplog):
-    """What :func:`fit_phase` adds to the trainer (the CLI run above shows what EpochLines prints): quiet, the
-    epoch lines still reach the log (the run's log file) but not the screen."""
+def test_quiet_training_prints_no_epoch_line_but_logs_it(loud, capsys, caplog, monkeypatch):
+    """What :func:`fit_phase` adds to the trainer (the CLI run above shows what EpochLines prints): the bar on a
+    terminal unless quiet; quiet, the epoch lines still reach the log (the run's log file) but not the screen."""
     cfg = OmegaConf.create({"trainer": {"enable_progress_bar": True}})
     shown, bar = progress_callbacks(cfg, Phase())
     assert [type(callback) for callback in shown] == [EpochLines] and not bar  # stdout is captured: no terminal
-    set_quiet(True)
-    shown, bar = progress_callbacks(cfg, Phase())
-    assert [type(callback) for callback in shown] == [EpochLines] and not bar
+    with monkeypatch.context() as terminal:
+        terminal.setattr(sys.stdout, "isatty", lambda: True)  # what progress_callbacks asks of stdout
+        shown, bar = progress_callbacks(cfg, Phase())
+        assert [type(callback) for callback in shown] == [ProgressBar] and bar
+        set_quiet(True)
+        shown, bar = progress_callbacks(cfg, Phase())
+        assert [type(callback) for callback in shown] == [EpochLines] and not bar
     with caplog.at_level(logging.INFO, logger="brainbench.training.fit"):
         report("Epoch 1/1: loss 0.5", logging.getLogger("brainbench.training.fit"))
     assert capsys.readouterr().out == "" and "Epoch 1/1: loss 0.5" in caplog.text

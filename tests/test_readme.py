@@ -39,7 +39,6 @@ TABLE4 = "tests/test_reproduce.py::test_table4_reproduces_end_to_end_on_syntheti
 CUSTOM = "tests/challenges/test_custom_edition.py"
 MLFLOW_UI = ("tests/tracking/test_mlflow_ui.py::"
              "test_a_sweep_shows_its_runs_tags_and_headline_metrics_in_the_mlflow_runs_table")
-QUIET = "tests/training/test_train_families.py::test_train_on_synthetic_look_alike_beats_trivial_baselines"
 TRAIN_3D = "tests/training/test_train_3d.py"
 DOU_CASCADE = f"{TRAIN_3D}::test_dou_cascade_on_valdo2021_beats_a_trivial_labelling_and_mines_hard_negatives"
 SCALE = "tests/training/test_scale.py"
@@ -106,7 +105,7 @@ COVERED: dict[str, str] = {
     "mlflow ui --backend-store-uri sqlite:///mlflow.db": MLFLOW_UI,
     # the tiny DeepMedic at 4 mm
     "brainbench train quiet=true": MLFLOW_UI,  # its sweep runs quiet: no epoch line on screen, all in run.log
-    "BRAINBENCH_QUIET=1 brainbench train": QUIET,  # every family's training runs so
+    "BRAINBENCH_QUIET=1 brainbench train": FAMILIES,  # every family's training runs so
     # 2 models × 2 folds × 1 seed
     "brainbench train -m model=deepmedic,unet3d fold=0,1,2,3,4 seed=0,1": JOBLIB_SWEEP,
     # a sweep of 3 epochs killed in epoch 2, launched again with resume=true

@@ -55,16 +55,19 @@ def metric_key(metric: str, region: str) -> str:
     return f"{metric}_{region}"
 
 
+def _units(metrics: Sequence[str]) -> str:
+    """``dice [1], hd95 [mm] (1 = unitless)``: the legends' unit list."""
+    return ", ".join(f"{metric} [{METRIC_UNITS[metric]}]" for metric in metrics) + " (1 = unitless)"
+
+
 def cell_legend(metrics: Sequence[str]) -> str:
     """How to read a ``mean±std (median; q25–q75)`` cell, with the unit of each metric shown."""
-    units = ", ".join(f"{metric} [{METRIC_UNITS[metric]}]" for metric in metrics)
-    return f"Cells: mean±std (median; 25th–75th percentile) over test cases; units: {units} (1 = unitless)."
+    return f"Cells: mean±std (median; 25th–75th percentile) over test cases; units: {_units(metrics)}."
 
 
 def mean_legend(metrics: Sequence[str]) -> str:
     """How to read a :func:`leaderboard_table` cell."""
-    units = ", ".join(f"{metric} [{METRIC_UNITS[metric]}]" for metric in metrics)
-    return f"Cells: each run's mean over its test cases; units: {units} (1 = unitless)."
+    return f"Cells: each run's mean over its test cases; units: {_units(metrics)}."
 
 
 def case_statistics(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -152,9 +155,8 @@ def aggregate_runs(runs: pd.DataFrame, configurations: pd.Series, regions: Seque
 
 def aggregate_legend(metrics: Sequence[str]) -> str:
     """How to read an :func:`aggregate_runs` cell."""
-    units = ", ".join(f"{metric} [{METRIC_UNITS[metric]}]" for metric in metrics)
     return ("Cells: mean±SD (n) over runs (folds × seeds) of each run's mean over its test cases; SD with "
-            f"n − 1 degrees of freedom, '±–' for a single run; units: {units} (1 = unitless).")
+            f"n − 1 degrees of freedom, '±–' for a single run; units: {_units(metrics)}.")
 
 
 def _listed(values: pd.Series | None) -> str:
@@ -324,7 +326,7 @@ def rank_teams(frame: pd.DataFrame, rule: RankingRule, title: str, data_source: 
         files.append(write_atomic(out_dir / "metrics.csv", lambda tmp: frame.to_csv(tmp, index=False)))
         for metric in metrics:
             files.append(case_metric_png(frame, metric, teams, out_dir / f"cases_{metric}.png",
-                                         title=f"{title}: per-case {metric}", unit=METRIC_UNITS.get(metric, "")))
+                                         title=f"{title}: per-case {metric}"))
         if boot is not None:
             stability = f"rank stability: {n_bootstrap} bootstrap samples of {bootstrap_unit}s"
             files.append(rank_stability_png(boot.frequencies(), list(ranking["rank"]),

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from brainbench.errors import BrainbenchError
+from brainbench.evaluation.protocols import METRIC_UNITS
 from brainbench.io import write_atomic
 
 PLANES = ("sagittal", "coronal", "axial")
@@ -201,12 +202,14 @@ def learning_curves_figure(history: pd.DataFrame, title: str = "") -> Figure:
 
 
 def case_metric_figure(frame: pd.DataFrame, metric: str, teams: Sequence[str], title: str = "",
-                       unit: str = "") -> Figure:
+                       unit: str | None = None) -> Figure:
     """One panel per region: a box of the per-case values of ``metric`` per team, cases as jittered dots.
 
     ``frame`` is the long table ``team, case, region, metric, value``; teams appear left to right in
-    the order given (the leaderboard's).
+    the order given (the leaderboard's). ``unit``: the y axis's, by default the metric's own
+    (:data:`~brainbench.evaluation.protocols.METRIC_UNITS`; none for a metric it does not list).
     """
+    unit = METRIC_UNITS.get(metric, "") if unit is None else unit
     rows = frame[frame["metric"] == metric]
     regions = list(dict.fromkeys(rows["region"]))
     figure = Figure(figsize=(3.2 + 2.6 * len(regions), 4.2), layout="constrained")
@@ -262,7 +265,7 @@ def overlay_png(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray
 
 
 def case_metric_png(frame: pd.DataFrame, metric: str, teams: Sequence[str], path: str | Path, title: str = "",
-                    unit: str = "") -> Path:
+                    unit: str | None = None) -> Path:
     """:func:`case_metric_figure` saved as PNG."""
     return save_figure(case_metric_figure(frame, metric, teams, title, unit), path)
 

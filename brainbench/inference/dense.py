@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from brainbench.errors import BrainbenchConfigError
-from brainbench.inference.region import SCRATCH_HEADROOM, memory_budget_bytes, peak_live_bytes
+from brainbench.inference.region import SCRATCH_HEADROOM, memory_budget_bytes, meta_copy, peak_live_bytes
 from brainbench.models.deepmedic import CONV_LAYERS, DeepMedic, extract_segment_pair
 
 __all__ = ["HEAD_SLAB_BYTES", "auto_tile", "predict_volume", "predict_volume_whole", "tile_grid",
@@ -94,7 +94,7 @@ def tile_peak_bytes(model: DeepMedic, tile: Sequence[int], batch_size: int = 1) 
     counted: the volume and its probabilities (the caller's), the weights (but the views ops take
     of them) and backend scratch space (:data:`~brainbench.inference.region.SCRATCH_HEADROOM`).
     """
-    net = copy.deepcopy(model).to("meta")
+    net = meta_copy(model)
     m, f = net.fc_margin, net.subsample_factor
     lead = _lead(m, f)
     region = [t + 2 * m for t in tile]
@@ -119,6 +119,7 @@ def auto_tile(model: DeepMedic, shape: Sequence[int], budget_bytes: int,
     axis with the largest tile into one more tile; tiles stay near-cubic, which keeps the halo each
     layer recomputes small. Tiles of ``factor`` voxels are the floor, whatever the budget.
     """
+    model = meta_copy(model)
     f = model.subsample_factor
     counts = [1, 1, 1]
     tile = tuple(_axis_tile(e, 1, f) for e in shape)

@@ -10,6 +10,7 @@ and :func:`peak_live_bytes` measures what a tile or window forward needs of it.
 
 from __future__ import annotations
 
+import copy
 import os
 import weakref
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from brainbench.data.boxes import brain_box
 
-__all__ = ["SCRATCH_HEADROOM", "memory_budget_bytes", "peak_live_bytes", "predict_in_brain_box"]
+__all__ = ["SCRATCH_HEADROOM", "memory_budget_bytes", "meta_copy", "peak_live_bytes", "predict_in_brain_box"]
 
 CPU_MEMORY_FRACTION = 0.5
 """Share of the available host memory a CPU inference pass may plan for (the rest: data, caches, MLflow)."""
@@ -125,3 +126,12 @@ def peak_live_bytes(run: Callable[[], object]) -> int:
     with _LiveBytes() as counter:
         run()
     return counter.peak
+
+
+def meta_copy(net: nn.Module) -> nn.Module:
+    """``net`` on the meta device for :func:`peak_live_bytes`: a copy (hooks included), or ``net`` itself
+    when it is already there, so that a sizing loop copies the weights once, not once per shape."""
+    tensors = [*net.parameters(), *net.buffers()]
+    if tensors and all(t.is_meta for t in tensors):
+        return net
+    return copy.deepcopy(net).to("meta")

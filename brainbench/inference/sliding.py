@@ -22,7 +22,6 @@ on a 24 GiB CPU host, with no overlap work at all.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from torch import Tensor
 
 from brainbench.errors import BrainbenchConfigError
 from brainbench.inference.device import inference_state
-from brainbench.inference.region import SCRATCH_HEADROOM, memory_budget_bytes, peak_live_bytes
+from brainbench.inference.region import SCRATCH_HEADROOM, memory_budget_bytes, meta_copy, peak_live_bytes
 from brainbench.models.deepmedic import window
 from brainbench.models.unet3d import UNet3D
 
@@ -76,7 +75,7 @@ def window_peak_bytes(net: UNet3D, patch: Sequence[int], batch_size: int = 1) ->
     counted: the stitching buffers (the caller's), the weights and backend scratch space
     (:data:`~brainbench.inference.region.SCRATCH_HEADROOM`).
     """
-    meta = copy.deepcopy(net).to("meta")
+    meta = meta_copy(net)
 
     def forward() -> None:
         x = torch.empty((batch_size, net.in_channels, *patch), device="meta",
@@ -101,8 +100,10 @@ def auto_patch_size(net: UNet3D, shape: Sequence[int], budget_bytes: int,
     stitching = 4 * ((net.n_classes + 1) * math.prod(net.output_size(patch))
                      + net.in_channels * math.prod(shape))  # probabilities, weights, image
 
+    meta = meta_copy(net)
+
     def needed(p: Sequence[int]) -> float:
-        return SCRATCH_HEADROOM * window_peak_bytes(net, p, batch_size) + stitching
+        return SCRATCH_HEADROOM * window_peak_bytes(meta, p, batch_size) + stitching
 
     need = needed(patch)
     while need > budget_bytes:

@@ -33,7 +33,6 @@ from brainbench.challenges import Unranked, get_edition
 from brainbench.errors import BrainbenchError
 from brainbench.evaluation.leaderboard import aggregate_legend, aggregate_runs, headline_metrics, rank_teams, write_tables
 from brainbench.evaluation.plots import case_metric_png
-from brainbench.evaluation.protocols import METRIC_UNITS
 from brainbench.evaluation.ranking import rule_for
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -143,18 +142,24 @@ def child_runs(tracking_uri: str, parent_run_id: str) -> list:
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """A run's configuration: the SHA-256 (16 hex digits) of its resolved config without seed, paths, logger
-    and the other keys of :data:`RUN_LOCAL_KEYS`. Runs with one hash differ only by seed: grouping by it
-    in the MLflow UI gives the mean over seeds; hash and seed together identify a run (``resume``)."""
-    return hashlib.sha256(json.dumps(run_params(config), sort_keys=True).encode()).hexdigest()[:16]
+    and the other keys of :data:`RUN_LOCAL_KEYS`, classes (``_target_``) included. Runs with one hash differ
+    only by seed: grouping by it in the MLflow UI gives the mean over seeds; hash and seed together identify
+    a run (``resume``)."""
+    return hashlib.sha256(json.dumps(_computed_settings(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_params(config: Mapping[str, Any]) -> dict[str, str]:
     """The resolved config as MLflow params: flattened, without Hydra's instantiation keys (``_target_``,
     ``_partial_``), paths, logger settings, seed and run name (:data:`RUN_LOCAL_KEYS`). The full config
     stays an artifact (``config.yaml``); the seed is a tag."""
+    return {key: value for key, value in _computed_settings(config).items()
+            if key.rsplit(".", 1)[-1] not in ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")}
+
+
+def _computed_settings(config: Mapping[str, Any]) -> dict[str, str]:
+    """The flattened config without what only says where or under which seed a run writes."""
     return {key: value for key, value in flatten(config).items()
-            if key not in RUN_LOCAL_KEYS and not key.startswith(RUN_LOCAL_GROUPS)
-            and not key.rsplit(".", 1)[-1] in ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")}
+            if key not in RUN_LOCAL_KEYS and not key.startswith(RUN_LOCAL_GROUPS)}
 
 
 def runs_with_hash(tracking_uri: str, experiment_name: str, digest: str, seed: int | str) -> list:
@@ -299,8 +304,7 @@ def sweep_board_files(tracking_uri: str, children: Sequence, out_dir: Path) -> l
         labels = list(table["configuration"])
         for metric in metrics:
             files.append(case_metric_png(pooled, metric, labels, folder / f"cases_{metric}.png",
-                                         title=f"{edition.name}: per-case {metric}, folds × seeds pooled",
-                                         unit=METRIC_UNITS.get(metric, "")))
+                                         title=f"{edition.name}: per-case {metric}, folds × seeds pooled"))
         if not isinstance(edition.ranking, Unranked) and len(labels) > 1:
             files += rank_teams(pooled, rule_for(edition), f"{title}: ranking of pooled per-case metrics",
                                 ", ".join(sorted(set(table["data"]))), folder / "ranking", n_bootstrap=200).files

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
 from matplotlib.image import imread
+from matplotlib.legend import Legend
 from matplotlib.transforms import Bbox
 from mlflow.tracking import MlflowClient
 from scipy.ndimage import center_of_mass
@@ -61,6 +63,16 @@ def brats_case(shape: tuple[int, int, int] = (20, 24, 16)) -> tuple[np.ndarray, 
     return image, reference, prediction
 
 
+def legend_texts(figure: Figure) -> dict[str, list[str]]:
+    """Each figure legend's entries, by legend title."""
+    return {legend.get_title().get_text(): [t.get_text() for t in legend.get_texts()] for legend in figure.legends}
+
+
+def labels_legend(figure: Figure) -> Legend:
+    """The figure legend titled "labels" (the overlay also has an error-map legend)."""
+    return next(legend for legend in figure.legends if legend.get_title().get_text() == "labels")
+
+
 def test_error_map_against_hand_worked_counts():
     reference, prediction = np.zeros((3, 3, 3), np.int16), np.zeros((3, 3, 3), np.uint8)
     reference[0, 0, :] = [1, 2, 4]
@@ -99,7 +111,7 @@ def test_overlay_is_tri_planar_through_the_reference_centre_with_label_legend():
             np.testing.assert_array_equal(shown.mask, cut(volume) == 0)
         shown = axes[axis][2].get_images()[1].get_array()
         np.testing.assert_array_equal(shown.filled(0), cut(np.vectorize(error_by_rule)(reference, prediction)))
-    legends = {legend.get_title().get_text(): [t.get_text() for t in legend.get_texts()] for legend in figure.legends}
+    legends = legend_texts(figure)
     assert legends["labels"] == ["1 necrosis", "2 oedema", "4 enhancing tumour"]
     errors = np.vectorize(error_by_rule)(reference, prediction)
     assert legends["error map (whole volume)"] == [
@@ -116,7 +128,7 @@ def test_overlay_of_an_empty_reference_centres_on_the_image_and_names_unknown_la
     centre = [int(round(c)) for c in center_of_mass(image != 0)]
     assert [ax.get_title() for ax in figure.axes[::3]] == [
         f"reference: {plane} slice {c}" for plane, c in zip(("sagittal", "coronal", "axial"), centre)]
-    labels = next(legend for legend in figure.legends if legend.get_title().get_text() == "labels")
+    labels = labels_legend(figure)
     assert [t.get_text() for t in labels.get_texts()] == ["1 necrosis", "3 label 3", "4 label 4"]
     thick = overlay_figure(image, prediction, prediction, {}, spacing=(1.0, 0.5, 3.0))
     assert [ax.get_aspect() for ax in thick.axes[::3]] == [6.0, 3.0, 0.5]  # slice thickness / in-plane, per view
@@ -139,16 +151,12 @@ def test_overlay_legends_of_ten_long_labels_stay_apart_inside_the_figure_in_colo
     for box in boxes.values():
         assert Bbox.union([box, figure.bbox]).bounds == pytest.approx(figure.bbox.bounds)  # fully inside
         assert all(box.y1 < ax.get_window_extent(renderer).y0 for ax in figure.axes)  # below every panel
-    legend = next(legend for legend in figure.legends if legend.get_title().get_text() == "labels")
+    legend = labels_legend(figure)
     assert [t.get_text().replace("\n", " ") for t in legend.get_texts()] == [f"{v} {n}" for v, n in labels.items()]
     label_colours = [to_rgb(patch.get_facecolor()) for patch in legend.get_patches()]
     error_colours = [to_rgb(colour) for _, colour in ERROR_STYLE.values()]
     assert len(set(label_colours)) == 10
     assert min(np.linalg.norm(np.subtract(a, b)) for a in label_colours for b in error_colours) > 0.35
-
-
-def legend_texts(figure) -> dict[str, list[str]]:
-    return {legend.get_title().get_text(): [t.get_text() for t in legend.get_texts()] for legend in figure.legends}
 
 
 def test_channels_figure_shows_the_axial_slice_through_the_label_centre_in_every_channel():
@@ -167,8 +175,7 @@ def test_channels_figure_shows_the_axial_slice_through_the_label_centre_in_every
         np.testing.assert_array_equal(shown.mask, expected == 0)
         np.testing.assert_array_equal(np.array([1, 2, 4])[shown.filled(0)][~shown.mask], expected[~shown.mask])
     assert legend_texts(figure) == {"labels": ["1 necrosis", "2 oedema", "4 enhancing tumour"]}
-    overlay_legend = next(legend for legend in overlay_figure(image, reference, reference, BRATS_LABELS).legends
-                          if legend.get_title().get_text() == "labels")
+    overlay_legend = labels_legend(overlay_figure(image, reference, reference, BRATS_LABELS))
     assert [to_rgb(p.get_facecolor()) for p in figure.legends[0].get_patches()] == \
         [to_rgb(p.get_facecolor()) for p in overlay_legend.get_patches()]  # the overlay's palette
 

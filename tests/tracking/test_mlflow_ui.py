@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from brainbench.tracking.mlflow import runs_table_url
-from tests.helpers import TINY, run_cli
+from tests.helpers import TINY, run_cli, summary_metric_keys
 from tests.servers import mlflow_server
 
 TAGS = ("challenge", "edition", "model", "fold", "seed", "data_source")
@@ -158,7 +158,7 @@ def test_each_run_logs_readable_metrics_plain_params_and_mlflow_own_slots(sweep,
                             text=True).stdout.strip() or "unknown"
     for run in children:
         tags, params = run.data.tags, run.data.params
-        assert {key for key in run.data.metrics if not key.startswith(("train_", "val_", "lr-", "epoch"))} == {
+        assert summary_metric_keys(run.data.metrics) == {
             f"{metric}_{region}" for metric in measured for region in regions} | {"inference_seconds_per_case",
                                                                                   "n_test_cases"}
         assert not [key for key in params if key.rsplit(".", 1)[-1].startswith("_")

@@ -30,7 +30,7 @@ from brainbench.config import CONFIG_MODULE
 from brainbench.config import compose as compose_train
 from brainbench.config import register
 from brainbench.pipeline import build_parts, loader_settings, prepare_datamodule
-from tests.helpers import TINY
+from tests.helpers import TINY, held_out_metrics
 from tests.helpers import run_cli as brainbench
 
 needs_optuna = pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
@@ -146,7 +146,7 @@ def test_ddp_on_two_cpu_processes_logs_one_run(workdir, monkeypatch):
     for key in ("train_loss", "val_cross_entropy"):  # 2 epochs, one value each (rank 0 logs)
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert len(steps) == 2 and len(set(steps)) == 2, (key, steps)
-    tests = [key for key in run.data.metrics if key.startswith(("dice_", "hd95_"))]
+    tests = list(held_out_metrics(run.data.metrics))
     assert {"dice_WT", "hd95_ET"} <= set(tests)
     assert all(len(client.get_metric_history(run.info.run_id, key)) == 1 for key in tests)  # evaluated once
     output_dir = Path(run.data.tags["output_dir"])

@@ -36,3 +36,5 @@ def test_the_config_hash_ignores_the_seed_and_where_a_run_writes_but_not_what_it
     assert config_hash(resolved("seed=2")) == config_hash(base)  # the seeds of one configuration share it
     assert config_hash(resolved("seed=1", "fold=0")) != config_hash(base)
     assert config_hash(resolved("seed=1", "trainer.max_epochs=7")) != config_hash(base)  # the default is 6
+    # a configuration that differs only in a class (Hydra's _target_) is another configuration
+    assert config_hash(resolved("seed=1", "loss._target_=brainbench.training.losses.SoftDice")) != config_hash(base)

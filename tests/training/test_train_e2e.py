@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import TINY
+from tests.helpers import TINY, held_out_metrics, summary_metric_keys
 from tests.helpers import run_cli as brainbench
 
 
@@ -54,7 +54,7 @@ def test_mlflow_store_holds_params_tags_metrics_artifacts(trained, workdir, tmp_
     assert params["model/parameters_actual"] == params["model/parameters_paper_convention"] == "8892"
     metrics = run.data.metrics
     # a few readable headline metrics: the means over test cases, the rest is in the logged tables
-    assert {key for key in metrics if not key.startswith(("train_", "val_", "lr-", "epoch"))} == {
+    assert summary_metric_keys(metrics) == {
         f"{metric}_{region}" for region in ("WT", "TC", "ET") for metric in ("dice", "hd95", "sensitivity",
                                                                             "specificity")
     } | {"inference_seconds_per_case", "n_test_cases"}
@@ -116,10 +116,7 @@ def test_a_rerun_from_the_logged_config_reproduces_every_test_metric(trained, wo
     assert rerun.data.tags["config_hash"] == original.data.tags["config_hash"]
     assert rerun.data.params["model.net.feature_maps"] == "[4, 4, 4, 4, 4, 4, 6, 6]"  # the logged, not the default
 
-    def test_metrics(run):
-        return {k: v for k, v in run.data.metrics.items() if k.startswith(("dice_", "hd95_", "sensitivity_"))}
-
-    assert test_metrics(rerun) == test_metrics(original)
+    assert held_out_metrics(rerun.data.metrics) == held_out_metrics(original.data.metrics)
 
 
 def test_predict_with_a_logged_run_reproduces_its_test_prediction(trained, workdir, tmp_path):
